@@ -17,7 +17,16 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["jacobian", "frobenius_norm_sq", "l11_norm", "spectral_norm_estimate", "vector_jacobian_product"]
+__all__ = [
+    "jacobian",
+    "frobenius_norm_sq",
+    "l11_norm",
+    "spectral_norm_estimate",
+    "vector_jacobian_product",
+    "jacobian_from_logits",
+    "frobenius_norm_sq_from_logits",
+    "l11_norm_from_logits",
+]
 
 Func = Callable[[torch.Tensor], torch.Tensor]
 
@@ -73,10 +82,21 @@ def jacobian(func: Func, x: torch.Tensor, create_graph: bool = False) -> torch.T
     :return: Tensor ``(B, K, d)`` with ``d = prod(input_shape)``.
     """
     x_in, out = _prepare(func, x, create_graph)
-    n_classes = out.shape[1]
-    basis = torch.eye(n_classes, dtype=out.dtype, device=out.device)
-    v = basis[:, None, :].expand(n_classes, out.shape[0], n_classes)
-    return _vjp(out, x_in, v, create_graph).permute(1, 0, 2)
+    return jacobian_from_logits(x_in, out, create_graph=create_graph)
+
+
+def jacobian_from_logits(x: torch.Tensor, logits: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+    """:func:`jacobian` from an existing forward pass, so a training step can share it with the loss.
+
+    :param x: Input batch that requires grad.
+    :param logits: ``(B, K)`` logits computed from ``x``.
+    :param create_graph: Keep the graph for differentiation w.r.t. the parameters.
+    :return: Tensor ``(B, K, d)``.
+    """
+    n_classes = logits.shape[1]
+    basis = torch.eye(n_classes, dtype=logits.dtype, device=logits.device)
+    v = basis[:, None, :].expand(n_classes, logits.shape[0], n_classes)
+    return _vjp(logits, x, v, create_graph).permute(1, 0, 2)
 
 
 def frobenius_norm_sq(
@@ -100,16 +120,35 @@ def frobenius_norm_sq(
     :param generator: Random generator for the projections (reproducibility).
     :return: Tensor ``(B,)``.
     """
-    if n_projections is None:
-        return jacobian(func, x, create_graph=create_graph).pow(2).sum(dim=(1, 2))
-    n_projections = _check_count(n_projections, "n_projections")
     x_in, out = _prepare(func, x, create_graph)
-    n_classes = out.shape[1]
-    v = torch.randn((n_projections, out.shape[0], n_classes), generator=generator, dtype=out.dtype, device="cpu").to(
-        out.device
-    )
-    v = v / v.norm(dim=2, keepdim=True)
-    products = _vjp(out, x_in, v, create_graph)
+    return frobenius_norm_sq_from_logits(x_in, out, n_projections, create_graph, generator)
+
+
+def frobenius_norm_sq_from_logits(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    n_projections: int | None = None,
+    create_graph: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """:func:`frobenius_norm_sq` from an existing forward pass (``logits`` computed from ``x``, which requires grad).
+
+    Sharing the forward pass with the cross-entropy saves one forward per training step.
+
+    :param x: Input batch that requires grad.
+    :param logits: ``(B, K)`` logits computed from ``x``.
+    :param n_projections: ``None`` for the exact value, else the number of random projections (>= 1).
+    :param create_graph: Make the result differentiable w.r.t. the parameters (for training).
+    :param generator: Random generator for the projections.
+    :return: Tensor ``(B,)``.
+    """
+    if n_projections is None:
+        return jacobian_from_logits(x, logits, create_graph=create_graph).pow(2).sum(dim=(1, 2))
+    n_projections = _check_count(n_projections, "n_projections")
+    batch, n_classes = logits.shape
+    v = torch.randn((n_projections, batch, n_classes), generator=generator, dtype=logits.dtype)
+    v = (v / v.norm(dim=2, keepdim=True)).to(logits.device)
+    products = _vjp(logits, x, v, create_graph)
     return n_classes * products.pow(2).sum(dim=2).mean(dim=0)
 
 
@@ -133,18 +172,37 @@ def l11_norm(
     :param generator: Random generator for the row draws (reproducibility).
     :return: Tensor ``(B,)``.
     """
-    if n_rows is None:
-        return jacobian(func, x, create_graph=create_graph).abs().sum(dim=(1, 2))
-    n_rows = _check_count(n_rows, "n_rows")
     x_in, out = _prepare(func, x, create_graph)
-    batch, n_classes = out.shape
+    return l11_norm_from_logits(x_in, out, n_rows, create_graph, generator)
+
+
+def l11_norm_from_logits(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    n_rows: int | None = None,
+    create_graph: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """:func:`l11_norm` from an existing forward pass (``logits`` computed from ``x``, which requires grad).
+
+    :param x: Input batch that requires grad.
+    :param logits: ``(B, K)`` logits computed from ``x``.
+    :param n_rows: ``None`` for the exact value, else the number of rows sampled per sample (1 <= m <= K).
+    :param create_graph: Make the result differentiable w.r.t. the parameters (for training).
+    :param generator: Random generator for the row draws.
+    :return: Tensor ``(B,)``.
+    """
+    if n_rows is None:
+        return jacobian_from_logits(x, logits, create_graph=create_graph).abs().sum(dim=(1, 2))
+    n_rows = _check_count(n_rows, "n_rows")
+    batch, n_classes = logits.shape
     if n_rows > n_classes:
         raise ValueError(f"`n_rows` must be at most the number of classes ({n_classes}), got {n_rows}.")
     # m distinct rows per sample, uniformly without replacement: the first m of a random permutation.
-    keys = torch.rand((batch, n_classes), generator=generator, device="cpu").to(out.device)
-    rows = keys.argsort(dim=1)[:, :n_rows]  # (B, m)
-    v = torch.nn.functional.one_hot(rows.T, n_classes).to(out.dtype)  # (m, B, K)
-    products = _vjp(out, x_in, v, create_graph)
+    keys = torch.rand((batch, n_classes), generator=generator)
+    rows = keys.argsort(dim=1)[:, :n_rows].to(logits.device)  # (B, m)
+    v = torch.nn.functional.one_hot(rows.T, n_classes).to(logits.dtype)  # (m, B, K)
+    products = _vjp(logits, x, v, create_graph)
     return (n_classes / n_rows) * products.abs().sum(dim=(0, 2))
 
 

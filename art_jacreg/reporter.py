@@ -1,0 +1,361 @@
+"""``JacobianBoundReporter``: an ART ``PyTorchClassifier`` that also reports sound robustness certificates.
+
+The reporter is a drop-in :class:`~art.estimators.classification.PyTorchClassifier` (every ART attack and metric
+accepts it) with three extra methods:
+
+* :meth:`JacobianBoundReporter.certify` -- ``(prediction, radius)``, the largest radius on which the prediction
+  provably cannot change, like ART's ``PyTorchRandomizedSmoothing.certify`` but deterministic and sound;
+* :meth:`JacobianBoundReporter.predict_bounds` -- lower/upper logit bounds on a ball, shaped like ART's
+  ``PyTorchIBPClassifier.predict_intervals``;
+* :meth:`JacobianBoundReporter.report` -- a :class:`~art_jacreg.report.BoundReport` putting the paper's first-order
+  estimates (Wu & Li 2024), sound certificates and a real attack side by side.
+
+**Units.** Every ``eps`` and radius is in the *raw* input units the attacker perturbs (the ``clip_values`` space, e.g.
+pixels in ``[0, 1]``), through the classifier's ``preprocessing``: the same units as ART's attacks and randomized
+smoothing, *not* the normalised units of ART's ``PyTorchIBPClassifier`` and ``PytorchDeepZ``. The threat set is the
+ball intersected with the ``clip_values`` box (when set).
+
+**Supported models.** Anything ``torch.fx`` can trace built from Linear, Conv2d, ReLU, MaxPool2d, AvgPool2d,
+Flatten/view/reshape, BatchNorm (eval) and Dropout (eval), as modules or functionals, plus ART's ``(mean, std)``
+preprocessing. Other models still predict, train and can be attacked; :meth:`~JacobianBoundReporter.certify`,
+:meth:`~JacobianBoundReporter.predict_bounds` and :meth:`~JacobianBoundReporter.report` raise
+:class:`~art_jacreg.certify.UnsupportedOperationError` (a ``TypeError``) naming the operation, at their first call.
+The network is re-read from the model at every call, so certificates always match the current weights. The user's
+model is never modified: no hooks, no weight changes, and its train/eval modes are restored.
+
+| Paper link: https://arxiv.org/abs/2412.12449
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from art.estimators.classification import PyTorchClassifier
+from tqdm.auto import tqdm
+
+from art_jacreg import _art
+from art_jacreg.attacks import run_attack, validate_attack
+from art_jacreg.report import BoundReport
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["JacobianBoundReporter", "BoundReport", "METHODS"]
+
+#: Certification methods, from loose and fast to tight and slower; all are sound.
+METHODS = ("lipschitz", "interval", "linear")
+
+
+def validate_method(method: Any, name: str = "method") -> str:
+    """Check a certification method name.
+
+    :param method: One of :data:`METHODS`.
+    :param name: Argument name used in error messages.
+    :return: The method name.
+    :raises ValueError: For an unknown method.
+    """
+    key = method.strip().lower() if isinstance(method, str) else method
+    if key not in METHODS:
+        raise ValueError(f"`{name}` must be one of {', '.join(repr(m) for m in METHODS)}, got {method!r}.")
+    return key
+
+
+class JacobianBoundReporter(PyTorchClassifier):
+    """A ``PyTorchClassifier`` with sound certificates and side-by-side robust-loss reports.
+
+    Construct it like any ``PyTorchClassifier`` or with :meth:`from_classifier`. All radii and ``eps`` are in raw
+    input units (before ``preprocessing``), the threat set is the l2 or l-inf ball intersected with the ``clip_values``
+    box.
+    """
+
+    estimator_params = PyTorchClassifier.estimator_params + ["verbose"]
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss: torch.nn.modules.loss._Loss,
+        input_shape: tuple[int, ...],
+        nb_classes: int,
+        optimizer: torch.optim.Optimizer | None = None,
+        use_amp: bool = False,
+        opt_level: str = "O1",
+        loss_scale: str | float | None = "dynamic",
+        channels_first: bool = True,
+        clip_values: Any = None,
+        preprocessing_defences: Any = None,
+        postprocessing_defences: Any = None,
+        preprocessing: Any = (0.0, 1.0),
+        device_type: str = "gpu",
+        verbose: bool = True,
+    ) -> None:
+        """Create a reporter; every argument but ``verbose`` is passed to ``PyTorchClassifier`` unchanged.
+
+        :param model: The torch model (raw logits out). Never modified by the reporter.
+        :param loss: The training loss (e.g. ``nn.CrossEntropyLoss()``); reports always use cross-entropy.
+        :param input_shape: Shape of one input.
+        :param nb_classes: Number of classes.
+        :param optimizer: Optimizer for ``fit``.
+        :param use_amp: See ``PyTorchClassifier``.
+        :param opt_level: See ``PyTorchClassifier``.
+        :param loss_scale: See ``PyTorchClassifier``.
+        :param channels_first: See ``PyTorchClassifier``.
+        :param clip_values: ``(min, max)`` box of valid raw inputs; the threat set is the ball intersected with it.
+        :param preprocessing_defences: Not supported by the certificates (they raise ``ValueError``).
+        :param postprocessing_defences: Not supported by the certificates (they raise ``ValueError``).
+        :param preprocessing: ``(mean, std)`` normalisation, part of the certified network.
+        :param device_type: ``"cpu"`` or ``"gpu"``.
+        :param verbose: Show tqdm progress bars in the long-running methods.
+        """
+        super().__init__(
+            model,
+            loss,
+            input_shape,
+            nb_classes,
+            optimizer=optimizer,
+            use_amp=use_amp,
+            opt_level=opt_level,
+            loss_scale=loss_scale,
+            channels_first=channels_first,
+            clip_values=clip_values,
+            preprocessing_defences=preprocessing_defences,
+            postprocessing_defences=postprocessing_defences,
+            preprocessing=preprocessing,
+            device_type=device_type,
+        )
+        self.verbose = bool(verbose)
+
+    @classmethod
+    def from_classifier(cls, classifier: PyTorchClassifier, verbose: bool = True) -> JacobianBoundReporter:
+        """Wrap an existing ``PyTorchClassifier``; the model, loss, optimizer and settings are shared, not copied.
+
+        :param classifier: An ART ``PyTorchClassifier``.
+        :param verbose: Show progress bars.
+        :return: A reporter predicting exactly like ``classifier``.
+        :raises TypeError: If ``classifier`` is not a ``PyTorchClassifier``.
+        """
+        if not isinstance(classifier, PyTorchClassifier):
+            raise TypeError(
+                "`classifier` must be an art.estimators.classification.PyTorchClassifier, "
+                f"got {type(classifier).__name__}."
+            )
+        return cls(
+            classifier.model,
+            classifier._loss,
+            classifier.input_shape,
+            classifier.nb_classes,
+            optimizer=classifier._optimizer,
+            use_amp=classifier._use_amp,
+            opt_level=classifier._opt_level,
+            loss_scale=classifier._loss_scale,
+            channels_first=classifier.channels_first,
+            clip_values=classifier.clip_values,
+            preprocessing_defences=classifier.preprocessing_defences,
+            postprocessing_defences=classifier.postprocessing_defences,
+            preprocessing=classifier.preprocessing,
+            device_type="cpu" if classifier.device.type == "cpu" else "gpu",
+            verbose=verbose,
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _network(self) -> Any:
+        """Build the certifiable network from the current model and preprocessing (raises if unsupported)."""
+        from art_jacreg.certify import build_network
+
+        _art.check_pytorch_classifier(self, name="classifier")
+        affine = _art.preprocessing_affine(self)
+        with _art.model_mode(self.model, False):
+            return build_network(self.model, tuple(self.input_shape), preprocessing=affine)
+
+    def _clip(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.clip_values is None:
+            return None
+        return np.asarray(self.clip_values[0], np.float32), np.asarray(self.clip_values[1], np.float32)
+
+    def _batches(self, n: int, batch_size: int, desc: str, verbose: bool | None) -> Any:
+        show = self.verbose if verbose is None else bool(verbose)
+        return tqdm(range(0, n, batch_size), desc=desc, disable=not show, total=-(-n // batch_size))
+
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        import torch
+
+        return torch.as_tensor(x, device=self.device)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        with torch.no_grad(), _art.model_mode(self.model, False):
+            return _art.logits_function(self)(x)
+
+    # ------------------------------------------------------------------ public API
+
+    def certify(
+        self, x: np.ndarray, norm: Any = 2, method: str = "interval", batch_size: int = 128, verbose: bool | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Certify the predictions on ``x``: the largest radius on which each prediction provably cannot change.
+
+        Sound for every method: no point of the ball (intersected with the ``clip_values`` box) of the returned radius
+        changes the prediction. The radius is found by bisection on the certificate, so it is a certified value
+        slightly below the method's exact limit.
+
+        :param x: Inputs ``(N, *input_shape)`` in raw units (not modified).
+        :param norm: ``2`` or ``np.inf``.
+        :param method: ``"lipschitz"`` (global layer-norm product), ``"interval"`` (local interval Jacobian over
+            interval bounds) or ``"linear"`` (local interval Jacobian over linear-relaxation bounds).
+        :param batch_size: Samples per batch.
+        :param verbose: Progress bar (default: the constructor's ``verbose``).
+        :return: ``(prediction, radius)``: int64 predicted classes ``(N,)`` and float radii ``(N,)`` in raw input units
+            (``0`` where nothing is certified).
+        :raises ValueError: On invalid arguments.
+        :raises UnsupportedOperationError: If the model contains an operation the certifiers do not support.
+        """
+        from art_jacreg.certify import certified_radius
+
+        x = _art.validate_x(x, self)
+        norm = _art.validate_norm(norm)
+        method = validate_method(method)
+        batch_size = _art.validate_positive_int(batch_size, "batch_size")
+        net, clip = self._network(), self._clip()
+        preds, radii = [], []
+        for start in self._batches(x.shape[0], batch_size, f"certify ({method})", verbose):
+            xb = self._tensor(x[start : start + batch_size])
+            pred = self._logits(xb).argmax(dim=1)
+            radius = certified_radius(net, xb, pred, norm, clip_values=clip, method=method)
+            preds.append(pred.cpu().numpy().astype(np.int64))
+            radii.append(radius.detach().double().cpu().numpy())
+        prediction, radius = np.concatenate(preds), np.concatenate(radii)
+        logger.info("certify(%s, norm=%s): median radius %.4g over %d samples", method, norm, np.median(radius), len(x))
+        return prediction, radius
+
+    def predict_bounds(
+        self,
+        x: np.ndarray,
+        eps: float,
+        norm: Any = 2,
+        method: str = "interval",
+        batch_size: int = 128,
+        verbose: bool | None = None,
+    ) -> np.ndarray:
+        """Sound lower and upper bounds on every logit over the ball of radius ``eps`` (intersected with the box).
+
+        Same layout as ART's ``PyTorchIBPClassifier.predict_intervals``, but ``eps`` is in raw input units.
+
+        :param x: Inputs ``(N, *input_shape)`` in raw units (not modified).
+        :param eps: Radius ``>= 0``, raw input units.
+        :param norm: ``2`` or ``np.inf``.
+        :param method: ``"lipschitz"``, ``"interval"`` or ``"linear"``.
+        :param batch_size: Samples per batch.
+        :param verbose: Progress bar (default: the constructor's ``verbose``).
+        :return: float32 array ``(N, 2, nb_classes)``: ``[:, 0]`` lower and ``[:, 1]`` upper bounds.
+        :raises ValueError: On invalid arguments.
+        :raises UnsupportedOperationError: If the model contains an operation the certifiers do not support.
+        """
+        from art_jacreg.certify import logit_bounds
+
+        x = _art.validate_x(x, self)
+        eps = _art.validate_eps(eps)
+        norm = _art.validate_norm(norm)
+        method = validate_method(method)
+        batch_size = _art.validate_positive_int(batch_size, "batch_size")
+        net, clip = self._network(), self._clip()
+        out = []
+        for start in self._batches(x.shape[0], batch_size, f"predict_bounds ({method})", verbose):
+            lower, upper = logit_bounds(net, self._tensor(x[start : start + batch_size]), eps, norm, clip, method)
+            out.append(np.stack([lower.detach().cpu().numpy(), upper.detach().cpu().numpy()], axis=1))
+        return np.concatenate(out).astype(np.float32)
+
+    def report(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        eps: float,
+        norm: Any = 2,
+        attack: str = "apgd",
+        method: str = "interval",
+        batch_size: int = 128,
+        attack_params: dict[str, Any] | None = None,
+        seed: int = 0,
+        verbose: bool | None = None,
+    ) -> BoundReport:
+        """Per-sample losses on the ball of radius ``eps``, each labelled for what it is (see :class:`BoundReport`).
+
+        * ``loss`` (exact): clean cross-entropy.
+        * ``first_order_loss``, ``jacobian_surrogate_loss`` (*first-order estimate*, the paper's): may be exceeded by
+          an attack, because the linearisation ignores curvature.
+        * ``certified_loss_bound``, ``certified``, ``certified_radius`` (*sound certificate*): can never be exceeded.
+        * ``attack_loss``, ``attack_success`` (*empirical*): the highest cross-entropy the attack found in the ball
+          (at least the clean loss), and whether it found a misclassified point.
+
+        :param x: Inputs ``(N, *input_shape)`` in raw units (not modified).
+        :param y: Labels, indices ``(N,)`` or one-hot ``(N, nb_classes)`` (not modified).
+        :param eps: Radius ``>= 0``, raw input units.
+        :param norm: ``2`` or ``np.inf``.
+        :param attack: ``"apgd"`` (ART APGD, cross-entropy), ``"autoattack"`` (ART AutoAttack with APGD-CE and
+            APGD-DLR), ``"torchattacks"`` (torchattacks APGD, cross-entropy) or ``"pgd"`` (ART PGD).
+        :param method: Certification method: ``"lipschitz"``, ``"interval"`` or ``"linear"``.
+        :param batch_size: Samples per batch.
+        :param attack_params: Overrides of the attack's keyword arguments, e.g. ``{"max_iter": 20}`` (torchattacks:
+            ``{"steps": 20}``).
+        :param seed: Seed of the attack's random starts (global random states are restored).
+        :param verbose: Progress bars (default: the constructor's ``verbose``).
+        :return: The :class:`BoundReport`.
+        :raises ValueError: On invalid arguments.
+        :raises UnsupportedOperationError: If the model contains an operation the certifiers do not support.
+        """
+        from art_jacreg.certify import certified_loss_bound, certified_radius, certify_at
+        from art_jacreg.first_order import first_order_bounds
+
+        x = _art.validate_x(x, self)
+        y = _art.validate_labels(y, x.shape[0], self.nb_classes)
+        eps = _art.validate_eps(eps)
+        norm = _art.validate_norm(norm)
+        attack = validate_attack(attack)
+        method = validate_method(method)
+        batch_size = _art.validate_positive_int(batch_size, "batch_size")
+        net, clip = self._network(), self._clip()
+        func = _art.logits_function(self)
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in ("fo", "sur", "bound", "cert", "radius")}
+        for start in self._batches(x.shape[0], batch_size, f"report: bounds ({method})", verbose):
+            xb = self._tensor(x[start : start + batch_size])
+            yb = self._tensor(y[start : start + batch_size])
+            pred = self._logits(xb).argmax(dim=1)
+            with _art.model_mode(self.model, False):
+                fo = first_order_bounds(func, xb, yb, eps, norm)
+            cols["fo"].append((fo.first_order_loss - fo.loss).double().cpu().numpy())
+            cols["sur"].append((fo.jacobian_surrogate_loss - fo.loss).double().cpu().numpy())
+            bound = certified_loss_bound(net, xb, yb, eps, norm, clip_values=clip, method=method)
+            cols["bound"].append(bound.detach().double().cpu().numpy())
+            cols["cert"].append(certify_at(net, xb, pred, eps, norm, clip_values=clip, method=method).cpu().numpy())
+            radius = certified_radius(net, xb, pred, norm, clip_values=clip, method=method)
+            cols["radius"].append(radius.detach().double().cpu().numpy())
+        show = self.verbose if verbose is None else bool(verbose)
+        with tqdm(total=x.shape[0], desc=f"report: attack ({attack})", disable=not show) as bar:
+            result = run_attack(self, x, y, eps, norm, attack, batch_size, attack_params, seed, bar.update)
+        from art_jacreg.attacks import evaluate
+
+        loss, prediction = evaluate(self, x, y)
+        report = BoundReport(
+            label=y,
+            prediction=prediction,
+            loss=loss,
+            # Increments are added to one clean loss so that loss <= first_order_loss <= surrogate holds exactly.
+            first_order_loss=loss + np.concatenate(cols["fo"]),
+            jacobian_surrogate_loss=loss + np.concatenate(cols["sur"]),
+            # The robust loss is at least the clean loss, so max() keeps the bound sound (it only absorbs rounding).
+            certified_loss_bound=np.maximum(np.concatenate(cols["bound"]), loss),
+            certified=np.concatenate(cols["cert"]).astype(bool),
+            certified_radius=np.concatenate(cols["radius"]),
+            attack_loss=np.maximum(result.loss, loss),
+            attack_success=result.success,
+            attack_prediction=result.prediction,
+            eps=eps,
+            norm=norm,
+            method=method,
+            attack=attack,
+        )
+        logger.info("%r", report)
+        return report

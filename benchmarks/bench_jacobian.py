@@ -1,0 +1,116 @@
+"""Seconds per training step of Jacobian regularisers next to plain cross-entropy, measured side by side.
+
+Run: ``python benchmarks/bench_jacobian.py [--batch 64] [--repeats 20] [--threads 2]``
+
+Every variant does one full optimizer step (forward, regulariser, backward, Adam update) on the same small MNIST
+CNN (:func:`art_jacreg.models.mnist_cnn`) and the same batch. Variants are timed in interleaved rounds so that
+machine noise hits them alike; the table reports the median over rounds and ratios to plain cross-entropy and to
+the reference loop (one ``autograd.grad(create_graph=True)`` per output row in a Python loop, the straightforward
+exact ||J||_{1,1}).
+
+Targets (from the issue): 1-projection ||J||_F^2 <= 2.0x plain; exact ||J||_{1,1} <= 0.6x the reference loop;
+1-row ||J||_{1,1} <= 2.2x plain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from art_jacreg.data import load_mnist
+from art_jacreg.models import mnist_cnn
+from art_jacreg.norms import frobenius_norm_sq_from_logits, l11_norm_from_logits
+
+
+def reference_l11(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Exact ||J||_{1,1} the straightforward way: one double-backprop gradient per output row."""
+    total = torch.zeros(x.shape[0])
+    for k in range(out.shape[1]):
+        (row,) = torch.autograd.grad(out[:, k].sum(), x, create_graph=True)
+        total = total + row.abs().flatten(1).sum(dim=1)
+    return total
+
+
+def make_step(
+    model: torch.nn.Module,
+    regulariser: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor] | None,
+    weight: float = 0.01,
+) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        x_in = x.detach().clone().requires_grad_(regulariser is not None)
+        logits = model(x_in)  # one forward pass, shared by the loss and the regulariser
+        loss = F.cross_entropy(logits, y)
+        if regulariser is not None:
+            loss = loss + weight * regulariser(x_in, logits, gen).mean()
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=20, help="timed rounds (after 3 warm-up rounds)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    (x_train, y_train), _, _, _ = load_mnist()
+    x = torch.from_numpy(x_train[: args.batch])
+    y = torch.from_numpy(y_train[: args.batch].argmax(axis=1))
+
+    def variant(reg):
+        return make_step(mnist_cnn(seed=0), reg)
+
+    variants = {
+        "plain cross-entropy": variant(None),
+        "JR ||J||_F^2, 1 projection": variant(
+            lambda xb, out, g: frobenius_norm_sq_from_logits(xb, out, n_projections=1, create_graph=True, generator=g)
+        ),
+        "exact ||J||_F^2": variant(lambda xb, out, g: frobenius_norm_sq_from_logits(xb, out, create_graph=True)),
+        "exact ||J||_{1,1}": variant(lambda xb, out, g: l11_norm_from_logits(xb, out, create_graph=True)),
+        "||J||_{1,1}, 1 row": variant(
+            lambda xb, out, g: l11_norm_from_logits(xb, out, n_rows=1, create_graph=True, generator=g)
+        ),
+        "reference loop ||J||_{1,1}": variant(lambda xb, out, g: reference_l11(xb, out)),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for round_index in range(args.repeats + 3):
+        for name, step in variants.items():
+            elapsed = step(x, y)
+            if round_index >= 3:
+                times[name].append(elapsed)
+
+    median = {name: statistics.median(values) for name, values in times.items()}
+    plain = median["plain cross-entropy"]
+    ref = median["reference loop ||J||_{1,1}"]
+    print(f"batch {args.batch}, {args.repeats} rounds, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print()
+    print("| training step | ms / step | x plain | x reference loop |")
+    print("|---|---:|---:|---:|")
+    for name, value in median.items():
+        print(f"| {name} | {1000 * value:.1f} | {value / plain:.2f} | {value / ref:.2f} |")
+    print()
+    checks = [
+        ("1-projection JR <= 2.0x plain", median["JR ||J||_F^2, 1 projection"] / plain, 2.0),
+        ("exact ||J||_{1,1} <= 0.6x reference loop", median["exact ||J||_{1,1}"] / ref, 0.6),
+        ("1-row ||J||_{1,1} <= 2.2x plain", median["||J||_{1,1}, 1 row"] / plain, 2.2),
+    ]
+    for label, ratio, target in checks:
+        print(f"{'PASS' if ratio <= target else 'MISS'}  {label}: measured {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
