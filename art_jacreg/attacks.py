@@ -99,7 +99,12 @@ def project(x_adv: np.ndarray, x: np.ndarray, eps: float, norm: float, clip_valu
     out = x64 + flat.reshape(delta.shape)
     if clip_values is not None:
         out = np.clip(out, np.asarray(clip_values[0], np.float64), np.asarray(clip_values[1], np.float64))
-    return out.astype(np.float32)
+    out32 = out.astype(np.float32)
+    if norm == np.inf:
+        # Rounding to float32 can land one ulp outside the ball; step back towards the centre.
+        over = np.abs(out32.astype(np.float64) - x64) > eps
+        out32[over] = np.nextafter(out32[over], x.astype(np.float32)[over])
+    return out32
 
 
 def evaluate(classifier: PyTorchClassifier, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -197,7 +202,7 @@ def _scalar_box(classifier: PyTorchClassifier) -> tuple[float, float]:
 def _torchattacks_apgd(
     classifier: PyTorchClassifier, x: np.ndarray, y: np.ndarray, eps: float, norm: float, params: dict
 ) -> np.ndarray:
-    """torchattacks' APGD-CE on the box rescaled to ``[0, 1]`` (torchattacks clamps to it), loss-maximising points."""
+    """Run torchattacks' APGD-CE on the box rescaled to ``[0, 1]`` (which it clamps to); loss-maximising points."""
     import torch
     import torchattacks
 

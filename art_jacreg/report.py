@@ -77,13 +77,13 @@ def _decode_float(value: Any) -> float:
 
 @dataclasses.dataclass(eq=False)
 class BoundReport:
-    """Per-sample losses and certificates for one threat model, with the kind of each column.
+    r"""Per-sample losses and certificates for one threat model, with the kind of each column.
 
     Columns (numpy arrays of length ``N``; their kinds are in :attr:`column_kinds`):
 
     * ``label``, ``prediction``, ``loss`` (*exact*): true class, clean prediction, cross-entropy at the clean input.
     * ``first_order_loss``, ``jacobian_surrogate_loss`` (*first-order estimate*): the paper's linearised robust loss
-      :math:`\\ell + \\varepsilon\\|\\nabla_x\\ell\\|_{p^*}` and its label-free Jacobian surrogate. Not bounds: an
+      :math:`\ell + \varepsilon\|\nabla_x\ell\|_{p^*}` and its label-free Jacobian surrogate. Not bounds: an
       attack can exceed them.
     * ``certified_loss_bound``, ``certified``, ``certified_radius`` (*sound certificate*): an upper bound on the
       cross-entropy over the whole ball (intersected with the ``clip_values`` box); whether the clean prediction
@@ -164,8 +164,9 @@ class BoundReport:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, BoundReport):
             return NotImplemented
-        meta_equal = all(getattr(self, k) == getattr(other, k) for k in _META) and self.column_kinds == other.column_kinds
-        return meta_equal and all(np.array_equal(getattr(self, c), getattr(other, c)) for c in COLUMN_KINDS)
+        if self.column_kinds != other.column_kinds or any(getattr(self, k) != getattr(other, k) for k in _META):
+            return False
+        return all(np.array_equal(getattr(self, c), getattr(other, c)) for c in COLUMN_KINDS)
 
     def exceeded(self) -> dict[str, np.ndarray]:
         """Per-sample flags: where the attack beat the first-order estimates, and where it beat the certificate.

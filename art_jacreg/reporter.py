@@ -28,15 +28,17 @@ model is never modified: no hooks, no weight changes, and its train/eval modes a
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from art.estimators.classification import PyTorchClassifier
 from tqdm.auto import tqdm
 
 from art_jacreg import _art
-from art_jacreg.attacks import run_attack, validate_attack
+from art_jacreg.attacks import evaluate, run_attack, validate_attack
 from art_jacreg.report import BoundReport
 
 if TYPE_CHECKING:
@@ -45,6 +47,27 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["JacobianBoundReporter", "BoundReport", "METHODS"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _restoring_modes(method: _F) -> _F:
+    """Restore the train/eval mode of every submodule of the user's model after the call.
+
+    ART's ``predict`` and attacks switch the model to eval mode and leave it there; the reporter's methods must not.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: JacobianBoundReporter, *args: Any, **kwargs: Any) -> Any:
+        modes = {m: m.training for m in self.model.modules()}
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+
+    return wrapper  # type: ignore[return-value]
+
 
 #: Certification methods, from loose and fast to tight and slower; all are sound.
 METHODS = ("lipschitz", "interval", "linear")
@@ -193,6 +216,7 @@ class JacobianBoundReporter(PyTorchClassifier):
 
     # ------------------------------------------------------------------ public API
 
+    @_restoring_modes
     def certify(
         self, x: np.ndarray, norm: Any = 2, method: str = "interval", batch_size: int = 128, verbose: bool | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -231,6 +255,7 @@ class JacobianBoundReporter(PyTorchClassifier):
         logger.info("certify(%s, norm=%s): median radius %.4g over %d samples", method, norm, np.median(radius), len(x))
         return prediction, radius
 
+    @_restoring_modes
     def predict_bounds(
         self,
         x: np.ndarray,
@@ -268,6 +293,7 @@ class JacobianBoundReporter(PyTorchClassifier):
             out.append(np.stack([lower.detach().cpu().numpy(), upper.detach().cpu().numpy()], axis=1))
         return np.concatenate(out).astype(np.float32)
 
+    @_restoring_modes
     def report(
         self,
         x: np.ndarray,
@@ -335,8 +361,6 @@ class JacobianBoundReporter(PyTorchClassifier):
         show = self.verbose if verbose is None else bool(verbose)
         with tqdm(total=x.shape[0], desc=f"report: attack ({attack})", disable=not show) as bar:
             result = run_attack(self, x, y, eps, norm, attack, batch_size, attack_params, seed, bar.update)
-        from art_jacreg.attacks import evaluate
-
         loss, prediction = evaluate(self, x, y)
         report = BoundReport(
             label=y,

@@ -1,0 +1,159 @@
+"""Soundness of JacobianBoundReporter on trained MNIST models: no attack or sample may beat a certificate.
+
+Two small CNNs are trained once per module on 1,000 embedded-MNIST digits: a plain one with ART preprocessing
+``(0.1307, 0.3081)`` and a Jacobian-regularised one with identity preprocessing. For every certified ``(x, radius)``
+(up to ``N_ATTACKED`` points per model, norm and method) the ball of that radius is attacked with ART PGD, ART
+AutoAttack (APGD-CE + APGD-DLR) and torchattacks APGD, and sampled at random; no prediction may change, no loss may
+exceed ``certified_loss_bound`` and every logit must lie in ``predict_bounds``.
+
+Tolerance ``TOL = 1e-4`` (absolute, on logits and cross-entropies of magnitude below ~30): the certifiers and the
+model evaluate the same float32 network in different orders, which moves results by a few float32 ulps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from art.attacks.evasion import AutoProjectedGradientDescent, DeepFool, FastGradientMethod, ProjectedGradientDescent
+from art.metrics import clever_u
+
+from art_jacreg import JacobianBoundReporter
+from art_jacreg.attacks import evaluate, run_attack
+from art_jacreg.certify import certified_loss_bound
+from art_jacreg.data import load_mnist
+from art_jacreg.models import make_classifier, mnist_cnn
+from art_jacreg.trainer import JacobianRegularizedTrainer
+
+TOL = 1e-4
+N_POINTS = 30
+N_ATTACKED = 6
+N_SAMPLES = 64
+ATTACKS = {"pgd": {"max_iter": 20}, "autoattack": {"max_iter": 20}, "torchattacks": {"steps": 20}}
+EPS = {2.0: 0.5, np.inf: 0.03}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: on the shared 2-core machine, two threads per worker oversubscribe it (10x slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    (x_train, y_train), (x_test, y_test), _, _ = load_mnist()
+    return x_train[:1000], y_train[:1000], x_test[:N_POINTS], y_test[:N_POINTS].argmax(1)
+
+
+@pytest.fixture(scope="module")
+def reporters(mnist) -> dict[str, JacobianBoundReporter]:
+    x_train, y_train, _, _ = mnist
+    torch.manual_seed(0)
+    plain = make_classifier(mnist_cnn(seed=0), preprocessing=(0.1307, 0.3081))
+    plain.fit(x_train, y_train, nb_epochs=2, batch_size=64)
+    jr = make_classifier(mnist_cnn(seed=1))
+    JacobianRegularizedTrainer(jr, norm=2, reg_weight=0.05, seed=0, verbose=False).fit(
+        x_train, y_train, nb_epochs=2, batch_size=64
+    )
+    return {name: JacobianBoundReporter.from_classifier(c, verbose=False) for name, c in (("plain", plain), ("jr", jr))}
+
+
+def _ball_samples(x: np.ndarray, radius: float, norm: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Random points of the ball (half on its boundary) intersected with the [0, 1] box."""
+    shape = (n, *x.shape[1:])
+    if norm == np.inf:
+        delta = rng.uniform(-radius, radius, size=shape)
+        delta[: n // 2] = radius * np.sign(delta[: n // 2])  # corners
+    else:
+        direction = rng.normal(size=(n, x[0].size))
+        direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+        scale = np.ones(n)
+        scale[n // 2 :] = rng.uniform(size=n - n // 2) ** (1.0 / x[0].size)
+        delta = (radius * (1 - 1e-6) * scale[:, None] * direction).reshape(shape)
+    points = np.clip(x.astype(np.float64) + delta, 0.0, 1.0).astype(np.float32)
+    over = np.abs(points.astype(np.float64) - x) > radius  # float32 rounding, l-inf only
+    points[over] = np.nextafter(points[over], np.broadcast_to(x, points.shape)[over])
+    return points
+
+
+@pytest.mark.parametrize("method", ["lipschitz", "interval", "linear"])
+@pytest.mark.parametrize("norm", [2.0, np.inf])
+@pytest.mark.parametrize("name", ["plain", "jr"])
+def test_no_attack_or_sample_beats_a_certificate(reporters, mnist, name, norm, method):
+    rep = reporters[name]
+    _, _, x, _ = mnist
+    pred, radius = rep.certify(x, norm=norm, method=method)
+    certified = np.flatnonzero(radius > 0)
+    if method != "lipschitz":
+        assert certified.size >= N_POINTS // 3, f"only {certified.size} points certified"
+    net, clip = rep._network(), rep._clip()
+    rng = np.random.default_rng(0)
+    for i in certified[:N_ATTACKED]:
+        r, xi, yi = float(radius[i]), x[i : i + 1], pred[i : i + 1]
+        lower, upper = rep.predict_bounds(xi, r, norm=norm, method=method)[0]
+        bound = float(certified_loss_bound(net, torch.as_tensor(xi), torch.as_tensor(yi), r, norm, clip, method)[0])
+        points = [_ball_samples(xi, r, norm, N_SAMPLES, rng)]
+        for attack, params in ATTACKS.items():
+            result = run_attack(rep, xi, yi, r, norm, attack, attack_params=params)
+            assert not result.success[0], f"{attack} changed a certified prediction (sample {i}, radius {r})"
+            assert result.loss[0] <= bound + TOL, f"{attack} loss {result.loss[0]} > certified bound {bound}"
+            points.append(result.x_adv)
+        points = np.concatenate(points)
+        logits = rep.predict(points)
+        loss, pred_points = evaluate(rep, points, np.repeat(yi, len(points)))
+        assert np.all(pred_points == yi[0])
+        assert np.all(loss <= bound + TOL)
+        assert np.all(logits >= lower - TOL) and np.all(logits <= upper + TOL)
+
+
+@pytest.mark.parametrize("norm", [2.0, np.inf])
+def test_report_columns_are_ordered_and_sound(reporters, mnist, norm):
+    _, _, x, y = mnist
+    for rep in reporters.values():
+        report = rep.report(x, y, EPS[norm], norm=norm, attack="apgd", method="interval", attack_params={"max_iter": 20})
+        assert np.all(report.loss <= report.first_order_loss)
+        assert np.all(report.first_order_loss <= report.jacobian_surrogate_loss)
+        assert np.all(report.loss <= report.attack_loss)
+        assert np.all(report.attack_loss <= report.certified_loss_bound + TOL)
+        assert np.all(report.attack_prediction[report.certified] == report.prediction[report.certified])
+        # Interval bounds are inclusion-monotone: certified at a larger radius means certified at eps.
+        assert np.all(report.certified[report.certified_radius >= EPS[norm]])
+        summary = report.summary()
+        assert summary["certificate_violations"] == 0
+        assert summary["certified_accuracy"] <= summary["attacked_accuracy"] <= summary["clean_accuracy"]
+        assert report.column_kinds["jacobian_surrogate_loss"] == "first-order estimate"
+
+
+def test_jacobian_regularisation_enlarges_interval_radii(reporters, mnist):
+    _, _, x, _ = mnist
+    _, r_plain = reporters["plain"].certify(x, norm=2, method="interval")
+    _, r_jr = reporters["jr"].certify(x, norm=2, method="interval")
+    assert np.median(r_jr) > np.median(r_plain)
+
+
+def test_interval_is_tighter_than_lipschitz(reporters, mnist):
+    _, _, x, _ = mnist
+    for norm in (2.0, np.inf):
+        _, r_lip = reporters["jr"].certify(x, norm=norm, method="lipschitz")
+        _, r_int = reporters["jr"].certify(x, norm=norm, method="interval")
+        assert np.median(r_int) >= np.median(r_lip)
+
+
+def test_art_attacks_and_clever_accept_the_reporter(reporters, mnist):
+    _, _, x, y = mnist
+    rep = reporters["plain"]
+    x5, y5 = x[:5], np.eye(10, dtype=np.float32)[y[:5]]
+    for attack in (
+        FastGradientMethod(rep, eps=0.1),
+        ProjectedGradientDescent(rep, eps=0.1, eps_step=0.02, max_iter=5, verbose=False),
+        AutoProjectedGradientDescent(rep, eps=0.1, max_iter=5, nb_random_init=1, verbose=False),
+        DeepFool(rep, max_iter=5, verbose=False),
+    ):
+        adv = attack.generate(x5, y=None if isinstance(attack, DeepFool) else y5)
+        assert adv.shape == x5.shape and np.all(np.isfinite(adv))
+    score = clever_u(rep, x[0], nb_batches=2, batch_size=10, radius=2.0, norm=2, pool_factor=3)
+    _, radius = rep.certify(x[:1], norm=2)
+    assert 0 <= radius[0] and np.isfinite(score)
