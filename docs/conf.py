@@ -57,6 +57,14 @@ exclude_patterns = [
     "auto_examples/*.md5",
 ]
 
+# Values quoted in the prose come from the code, so the pages cannot drift from it.
+from art_jacreg.trainer import DEFAULT_REG_WEIGHTS  # noqa: E402
+
+rst_prolog = f"""
+.. |default_reg_l2| replace:: ``{DEFAULT_REG_WEIGHTS[2.0]:g}``
+.. |default_reg_linf| replace:: ``{DEFAULT_REG_WEIGHTS[float("inf")]:g}``
+"""
+
 # -- autodoc ---------------------------------------------------------------------------------------------------------
 autodoc_default_options = {
     "members": True,

@@ -192,7 +192,8 @@ def test_report_for_every_attack_has_consistent_columns(data):
         rep_ = rep.report(x, y, 0.1, norm=np.inf, attack=attack, method="interval", attack_params=params)
         assert len(rep_) == 6 and rep_.attack == attack
         assert np.all(rep_.attack_loss >= rep_.loss)
-        assert np.all(rep_.loss <= rep_.first_order_loss) and np.all(rep_.first_order_loss <= rep_.jacobian_surrogate_loss)
+        assert np.all(rep_.loss <= rep_.first_order_loss)
+        assert np.all(rep_.first_order_loss <= rep_.jacobian_surrogate_loss)
         assert np.all(rep_.attack_loss <= rep_.certified_loss_bound + 1e-4)
         assert rep_.summary()["certificate_violations"] == 0
 
@@ -250,7 +251,6 @@ def test_invalid_arguments_name_the_argument(data, kwargs, exc, name):
 
 
 def _synthetic_report() -> BoundReport:
-    n = 5
     loss = np.array([0.1, 0.5, 2.0, 0.01, 1.0])
     return BoundReport(
         label=np.array([0, 1, 2, 3, 4]),

@@ -113,7 +113,8 @@ def test_no_attack_or_sample_beats_a_certificate(reporters, mnist, name, norm, m
 def test_report_columns_are_ordered_and_sound(reporters, mnist, norm):
     _, _, x, y = mnist
     for rep in reporters.values():
-        report = rep.report(x, y, EPS[norm], norm=norm, attack="apgd", method="interval", attack_params={"max_iter": 20})
+        params = {"max_iter": 20}
+        report = rep.report(x, y, EPS[norm], norm=norm, attack="apgd", method="interval", attack_params=params)
         assert np.all(report.loss <= report.first_order_loss)
         assert np.all(report.first_order_loss <= report.jacobian_surrogate_loss)
         assert np.all(report.loss <= report.attack_loss)
@@ -154,6 +155,6 @@ def test_art_attacks_and_clever_accept_the_reporter(reporters, mnist):
     ):
         adv = attack.generate(x5, y=None if isinstance(attack, DeepFool) else y5)
         assert adv.shape == x5.shape and np.all(np.isfinite(adv))
-    score = clever_u(rep, x[0], nb_batches=2, batch_size=10, radius=2.0, norm=2, pool_factor=3)
+    score = clever_u(rep, x[0], nb_batches=2, batch_size=10, radius=2.0, norm=2, pool_factor=3, verbose=False)
     _, radius = rep.certify(x[:1], norm=2)
     assert 0 <= radius[0] and np.isfinite(score)

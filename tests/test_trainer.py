@@ -22,6 +22,15 @@ from art_jacreg.trainer import DEFAULT_REG_WEIGHTS, JacobianRegularizedTrainer
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """One torch thread: on a loaded 2-core machine, two OpenMP threads per process are several times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     (x_train, y_train), (x_test, y_test), _, _ = load_mnist()
@@ -456,6 +465,7 @@ def test_nan_loss_stops_with_last_good_weights(small) -> None:
     x, y, _, _ = small
     model = ExplodingNet(explode_at=3)
     clf = make_classifier(model)
+    model.eval()
     trainer = JacobianRegularizedTrainer(clf, seed=0, verbose=False)
     with pytest.raises(FloatingPointError, match="epoch 1, batch 2"):
         trainer.fit(x, y, nb_epochs=2, batch_size=64)
@@ -463,14 +473,24 @@ def test_nan_loss_stops_with_last_good_weights(small) -> None:
     for key, value in model.body.state_dict().items():
         assert torch.equal(value, model.state_at_explosion[key])  # the weights after the 2 good steps
     assert all(s["step"] == 2 for s in clf.optimizer.state.values())  # Adam state of the good steps too
-    assert model.training is False or model.training is True  # the mode context exited cleanly
+    assert not any(m.training for m in model.modules())  # the previous (eval) mode is restored after the error
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_divergent_step_is_undone(small) -> None:
+class CorruptingSGD(torch.optim.SGD):
+    """SGD whose every step writes an inf into the first parameter."""
+
+    def step(self, closure=None):
+        loss = super().step(closure)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+        return loss
+
+
+def test_step_producing_inf_weights_is_undone(small) -> None:
     x, y, _, _ = small
     model = mnist_mlp(seed=0, hidden=16)
-    clf = make_classifier(model, optimizer=torch.optim.SGD(model.parameters(), lr=1e39))
+    clf = make_classifier(model, optimizer=CorruptingSGD(model.parameters(), lr=0.01))
     before = _weights(clf)
     trainer = JacobianRegularizedTrainer(clf, seed=0, verbose=False)
     with pytest.raises(FloatingPointError, match="epoch 1, batch 0"):
@@ -478,34 +498,79 @@ def test_divergent_step_is_undone(small) -> None:
     assert _same_weights(before, _weights(clf))
 
 
+def test_huge_learning_rate_stops_training_with_finite_weights(small) -> None:
+    x, y, _, _ = small
+    model = mnist_mlp(seed=0, hidden=16)
+    clf = make_classifier(model, optimizer=torch.optim.SGD(model.parameters(), lr=1e30))
+    trainer = JacobianRegularizedTrainer(clf, seed=0, verbose=False)
+    with pytest.raises(FloatingPointError, match="epoch 1, batch"):
+        trainer.fit(x, y, nb_epochs=3, batch_size=32)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert model.training  # the previous (train) mode is restored after the error
+
+
+@pytest.mark.parametrize(("norm", "extra"), [(2, {"n_projections": None}), (2, {"n_projections": 3}),
+                                             (np.inf, {}), (np.inf, {"n_rows": 3})])
+def test_exact_and_estimated_regularizers_train(small, norm, extra) -> None:
+    x, y, _, _ = small
+    clf = make_classifier(mnist_mlp(seed=0, hidden=32))
+    before = _weights(clf)
+    trainer = JacobianRegularizedTrainer(clf, norm=norm, reg_weight=0.01, seed=0, verbose=False, **extra)
+    trainer.fit(x[:128], y[:128], nb_epochs=1, batch_size=64)
+    assert np.isfinite(trainer.history[0]["regularizer"]) and trainer.history[0]["regularizer"] > 0
+    assert not _same_weights(before, _weights(clf))
+
+
 # --------------------------------------------------------------------------- the effect of the regulariser
 
 
-def test_larger_weight_gives_smaller_jacobian(mnist) -> None:
-    x_train, y_train, x_test, _ = mnist
-    norms = []
-    for weight in (0.0, 0.01, 0.1):
+@pytest.mark.slow
+def test_jacobian_regularization_shrinks_jacobian_and_improves_l2_robustness(mnist) -> None:
+    """Fast variant of the acceptance run (full run: 4,000 digits, 10 epochs, see the trainer's docstring).
+
+    1,000 digits, 3 epochs, batch 32; PGD-l2 eps 1.5 (20 steps of 0.2) on 200 test digits. Measured on seeds 0/1/2:
+    mean ||J||_F^2 on test 45/48/62 (plain), 17-18 (0.01), 8-9 (0.03); PGD accuracy 0.41/0.38/0.41 (plain) vs
+    0.53/0.53/0.56 (0.03), clean 0.85/0.86/0.80 vs 0.85/0.78/0.74.
+    """
+    x_train, y_train, x_test, y_test = mnist
+    x_train, y_train, x_test, y_test = x_train[:1000], y_train[:1000], x_test[:200], y_test[:200]
+    jacobian, clean, robust = {}, {}, {}
+    for weight in (0.0, 0.01, 0.03):
         clf = make_classifier(mnist_cnn(seed=0))
         trainer = JacobianRegularizedTrainer(clf, reg_weight=weight, seed=0, verbose=False)
-        trainer.fit(x_train[:1000], y_train[:1000], nb_epochs=2, batch_size=64)
-        norms.append(float(trainer.compute_regularizer(x_test[:200]).mean()))
-    assert norms[0] > 2 * norms[1] > 4 * norms[2]
+        trainer.fit(x_train, y_train, nb_epochs=3, batch_size=32)
+        jacobian[weight] = float(trainer.compute_regularizer(x_test).mean())
+        if weight in (0.0, 0.03):
+            attack = ProjectedGradientDescent(
+                clf, norm=2, eps=1.5, eps_step=0.2, max_iter=20, batch_size=200, verbose=False
+            )
+            clean[weight] = _accuracy(clf, x_test, y_test)
+            robust[weight] = _accuracy(clf, attack.generate(x_test), y_test)
+    assert jacobian[0.0] > 2 * jacobian[0.01] and jacobian[0.01] > 1.5 * jacobian[0.03]
+    assert clean[0.03] >= 0.8
+    assert robust[0.03] >= robust[0.0] + 0.08
 
 
 @pytest.mark.slow
-def test_jacobian_regularization_improves_l2_robustness(mnist) -> None:
-    """Fast variant of the acceptance run: 1,000 digits, 3 epochs; PGD-l2 eps 1.5 on 200 test digits."""
+def test_l11_regularization_improves_linf_robustness(mnist) -> None:
+    """Fast variant for norm=inf: 1,000 digits, 3 epochs, batch 32, n_rows=1; PGD-l-inf eps 0.1 on 200 test digits.
+
+    Measured on seeds 0/1/2: mean ||J||_{1,1} 364/378/480 (plain) vs 152/146/145 (0.003); PGD-l-inf accuracy
+    0.38/0.46/0.40 (plain) vs 0.55/0.57/0.60; clean 0.85/0.86/0.80 vs 0.84/0.78/0.75.
+    """
     x_train, y_train, x_test, y_test = mnist
     x_train, y_train, x_test, y_test = x_train[:1000], y_train[:1000], x_test[:200], y_test[:200]
-    results = {}
-    for name, weight in (("plain", 0.0), ("jr", 0.05)):
+    l11, clean, robust = {}, {}, {}
+    for weight in (0.0, 0.003):
         clf = make_classifier(mnist_cnn(seed=0))
-        JacobianRegularizedTrainer(clf, reg_weight=weight, seed=0, verbose=False).fit(
-            x_train, y_train, nb_epochs=3, batch_size=32
-        )
+        trainer = JacobianRegularizedTrainer(clf, norm=np.inf, reg_weight=weight, n_rows=1, seed=0, verbose=False)
+        trainer.fit(x_train, y_train, nb_epochs=3, batch_size=32)
+        l11[weight] = float(trainer.compute_regularizer(x_test).mean())
         attack = ProjectedGradientDescent(
-            clf, norm=2, eps=1.5, eps_step=0.2, max_iter=20, batch_size=200, verbose=False
+            clf, norm=np.inf, eps=0.1, eps_step=0.01, max_iter=20, batch_size=200, verbose=False
         )
-        results[name] = (_accuracy(clf, x_test, y_test), _accuracy(clf, attack.generate(x_test), y_test))
-    assert results["jr"][0] >= 0.80
-    assert results["jr"][1] >= results["plain"][1] + 0.15
+        clean[weight] = _accuracy(clf, x_test, y_test)
+        robust[weight] = _accuracy(clf, attack.generate(x_test), y_test)
+    assert l11[0.0] > 1.8 * l11[0.003]
+    assert clean[0.003] >= 0.8
+    assert robust[0.003] >= robust[0.0] + 0.08

@@ -1,0 +1,192 @@
+"""Argument validation and the input set ``B_p(x, eps) ∩ box`` shared by the certifiers."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from art_jacreg.certify.ops import DTYPE, PiecewiseLinearNetwork
+
+__all__ = ["METHODS", "InputSet", "validate_norm", "validate_method", "validate_labels", "input_set", "margin_rows"]
+
+METHODS = ("lipschitz", "interval", "linear")
+
+
+def validate_norm(norm: Any) -> float:
+    """Normalise ``norm`` to ``2.0`` or ``math.inf``.
+
+    :param norm: ``2``, ``np.inf`` or one of the strings ``"2"``, ``"l2"``, ``"inf"``, ``"linf"``.
+    :return: ``2.0`` or ``math.inf``.
+    :raises ValueError: For any other value.
+    """
+    if isinstance(norm, str):
+        key = norm.strip().lower()
+        if key in ("2", "l2"):
+            return 2.0
+        if key in ("inf", "linf", "l-inf", "l_inf", "np.inf"):
+            return math.inf
+    elif isinstance(norm, numbers.Real) and not isinstance(norm, bool):
+        if float(norm) in (2.0, math.inf):
+            return float(norm)
+    raise ValueError(f"`norm` must be 2 or np.inf (also 'l2', 'inf', 'linf'), got {norm!r}.")
+
+
+def validate_method(method: Any) -> str:
+    """Check the certification method name.
+
+    :param method: ``"lipschitz"``, ``"interval"`` or ``"linear"``.
+    :return: The lower-cased name.
+    :raises ValueError: For any other value.
+    """
+    key = method.strip().lower() if isinstance(method, str) else method
+    if key not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+    return key
+
+
+def check_network(net: Any) -> PiecewiseLinearNetwork:
+    """Check that ``net`` is a :class:`PiecewiseLinearNetwork`.
+
+    :param net: The object to check.
+    :return: ``net``.
+    :raises TypeError: Otherwise.
+    """
+    if not isinstance(net, PiecewiseLinearNetwork):
+        raise TypeError(f"`net` must be a PiecewiseLinearNetwork (see build_network), got {type(net).__name__}.")
+    return net
+
+
+def check_x(net: PiecewiseLinearNetwork, x: Any) -> torch.Tensor:
+    """Validate an input batch and return it as a float64 CPU tensor (a copy).
+
+    :param net: The network.
+    :param x: Tensor or array ``(B, *net.input_shape)``.
+    :return: float64 tensor.
+    :raises ValueError: On a wrong shape or non-finite values.
+    """
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(np.asarray(x))
+    if tuple(x.shape[1:]) != net.input_shape or x.ndim < 2:
+        raise ValueError(f"`x` must have shape (B, {', '.join(map(str, net.input_shape))}), got {tuple(x.shape)}.")
+    x = x.detach().to("cpu", DTYPE).clone()
+    if not torch.isfinite(x).all():
+        raise ValueError("`x` must be finite.")
+    return x
+
+
+def validate_labels(labels: Any, n: int, num_classes: int) -> torch.Tensor:
+    """Labels as int64 indices from indices ``(B,)`` or one-hot / scores ``(B, K)``.
+
+    :param labels: The labels.
+    :param n: Batch size.
+    :param num_classes: Number of classes ``K``.
+    :return: int64 tensor ``(B,)``.
+    :raises ValueError: On a wrong shape or out-of-range indices.
+    """
+    t = labels.detach().cpu() if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))
+    if t.ndim == 2 and t.shape == (n, num_classes):
+        t = t.argmax(dim=1)
+    if t.ndim != 1 or t.shape[0] != n:
+        raise ValueError(f"`labels` must be indices of shape ({n},) or one-hot ({n}, {num_classes}), got {tuple(t.shape)}.")
+    if t.is_floating_point():
+        if not torch.equal(t, t.round()):
+            raise ValueError("`labels` must hold integer class indices.")
+    t = t.to(torch.int64)
+    if n and (t.min() < 0 or t.max() >= num_classes):
+        raise ValueError(f"`labels` must lie in [0, {num_classes - 1}].")
+    return t
+
+
+def validate_eps(eps: Any, n: int, name: str = "eps") -> torch.Tensor:
+    """A radius per sample: a number or an array ``(B,)``, finite and ``>= 0``.
+
+    :param eps: The radius.
+    :param n: Batch size.
+    :param name: Argument name for messages.
+    :return: float64 tensor ``(B,)``.
+    :raises ValueError: Otherwise.
+    """
+    t = eps.detach().cpu() if isinstance(eps, torch.Tensor) else torch.as_tensor(np.asarray(eps, dtype=np.float64))
+    t = t.to(DTYPE)
+    if t.ndim == 0:
+        t = t.expand(n)
+    if t.shape != (n,) or not torch.isfinite(t).all() or (t < 0).any():
+        raise ValueError(f"`{name}` must be a finite number >= 0 or an array of {n} such numbers, got {eps!r}.")
+    return t.clone()
+
+
+@dataclass
+class InputSet:
+    """The set ``B_p(x, eps) ∩ [lo, hi]`` a certificate is about (``lo <= x <= hi`` always holds).
+
+    :param x: Centres ``(B, *input_shape)``, float64.
+    :param eps: Radii ``(B,)``.
+    :param norm: ``2.0`` or ``inf``.
+    :param lo: Lower corner of the smallest box containing the set.
+    :param hi: Upper corner of that box.
+    """
+
+    x: torch.Tensor
+    eps: torch.Tensor
+    norm: float
+    lo: torch.Tensor
+    hi: torch.Tensor
+
+    def eps_like(self, t: torch.Tensor) -> torch.Tensor:
+        """``eps`` reshaped to broadcast against ``t`` of shape ``(B, ...)``."""
+        return self.eps.reshape(-1, *([1] * (t.ndim - 1)))
+
+    def subset(self, idx: torch.Tensor) -> InputSet:
+        """The input set of the samples ``idx``."""
+        return InputSet(self.x[idx], self.eps[idx], self.norm, self.lo[idx], self.hi[idx])
+
+
+def input_set(x: torch.Tensor, eps: torch.Tensor, norm: float, clip_values: Any) -> InputSet:
+    """Build :class:`InputSet`; the clip box is enlarged to contain ``x`` so that segments from ``x`` stay inside.
+
+    :param x: float64 inputs ``(B, *input_shape)``.
+    :param eps: Radii ``(B,)``.
+    :param norm: ``2.0`` or ``inf``.
+    :param clip_values: ``None`` or ``(min, max)``, scalars or arrays broadcastable to one input.
+    :return: The set.
+    :raises ValueError: On malformed ``clip_values``.
+    """
+    e = eps.reshape(-1, *([1] * (x.ndim - 1)))
+    lo, hi = x - e, x + e
+    if clip_values is not None:
+        if not isinstance(clip_values, (tuple, list)) or len(clip_values) != 2:
+            raise ValueError(f"`clip_values` must be None or a pair (min, max), got {clip_values!r}.")
+        try:
+            cmin, cmax = (
+                torch.as_tensor(np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, np.float64))
+                for v in clip_values
+            )
+            cmin, cmax = torch.broadcast_to(cmin, x.shape[1:]), torch.broadcast_to(cmax, x.shape[1:])
+        except (RuntimeError, ValueError, TypeError) as err:
+            raise ValueError(f"`clip_values` must broadcast to the input shape {tuple(x.shape[1:])}.") from err
+        if (cmin > cmax).any():
+            raise ValueError("`clip_values` must satisfy min <= max.")
+        lo = torch.maximum(lo, torch.minimum(cmin, x))
+        hi = torch.minimum(hi, torch.maximum(cmax, x))
+    return InputSet(x, eps, norm, lo, hi)
+
+
+def margin_rows(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``e_y - e_j`` for ``j != y``: the margins ``m_j = z_y - z_j``.
+
+    :param labels: int64 ``(B,)``.
+    :param num_classes: ``K >= 2``.
+    :return: ``(C, others)``: ``C`` float64 ``(B, K - 1, K)`` and ``others`` int64 ``(B, K - 1)`` (the ``j``).
+    """
+    b = labels.shape[0]
+    ar = torch.arange(num_classes - 1).expand(b, -1)
+    others = ar + (ar >= labels[:, None]).long()
+    c = torch.zeros(b, num_classes - 1, num_classes, dtype=DTYPE)
+    c.scatter_(2, labels[:, None, None].expand(-1, num_classes - 1, 1), 1.0)
+    c.scatter_(2, others[:, :, None], -1.0)
+    return c, others

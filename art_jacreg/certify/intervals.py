@@ -1,0 +1,238 @@
+"""Sound bounds on every intermediate value of a network over ``B_p(x, eps) ∩ box``.
+
+Two methods, both returning a :class:`Bounds` with lower/upper bounds on ``h_0, ..., h_n`` (``h_0`` the raw input,
+``h_i`` the input of operation ``i``, ``h_n`` the logits):
+
+* :func:`interval_bounds` -- interval bound propagation (IBP). For ``p = 2`` the first Linear/Conv reached through
+  element-wise affine operations only is bounded exactly as ``W x ± eps ||W_row||_2`` and intersected with the
+  interval of the box ``[max(x - eps, lo), min(x + eps, hi)]`` (which contains the ball-and-box set).
+* :func:`linear_bounds` -- backward linear bound propagation (CROWN, Zhang et al. 2018,
+  https://arxiv.org/abs/1811.00866) for the input of every ReLU/MaxPool and for the logits, each intersected with
+  IBP, so they are never looser than :func:`interval_bounds`. The linear bounds are concretised over the input set
+  with the box (``a·c - |a|·r``) and, for ``p = 2``, also with the ball (``a·x - eps ||a||_2``), taking the tighter.
+
+ReLU relaxation: ``alpha z <= relu(z) <= u (z - l) / (u - l)`` on an unstable neuron with ``alpha = 1`` if
+``u > -l`` else ``0``. MaxPool relaxation: exact when one input of the window provably dominates; otherwise
+``max >= z_i`` (``i`` with the largest lower bound) and ``max <= max_i u_i``.
+
+:func:`backward_lower` is the shared engine: the lower bound of ``A · h_end`` given bounds on the earlier layers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from art_jacreg.certify._common import InputSet
+from art_jacreg.certify.ops import Affine, AffineOp, MaxPool2d, Op, PiecewiseLinearNetwork, ReLU, Reshape
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Bounds", "interval_bounds", "linear_bounds", "backward_lower", "maxpool_windows"]
+
+_CHUNK_ELEMENTS = 1 << 22  # elements of one (B, rows, features) block in the backward pass (32 MB in float64)
+
+
+@dataclass
+class Bounds:
+    """Element-wise bounds ``lower[i] <= h_i <= upper[i]`` for ``i = 0..n``, each ``(B, *shape_i)``.
+
+    :param lower: Lower bounds, one per layer boundary.
+    :param upper: Upper bounds, one per layer boundary.
+    """
+
+    lower: list[torch.Tensor]
+    upper: list[torch.Tensor]
+
+
+def _ibp_step(op: Op, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interval image of ``[lo, hi]`` under one operation."""
+    if isinstance(op, AffineOp):
+        c, r = op.forward((hi + lo) / 2), op.abs_lin((hi - lo) / 2)
+        return c - r, c + r
+    return op.forward(lo), op.forward(hi)  # ReLU and MaxPool are monotone
+
+
+def interval_bounds(net: PiecewiseLinearNetwork, s: InputSet) -> Bounds:
+    """Interval bound propagation over the input set, exact for the first linear layer when ``p = 2``.
+
+    :param net: The network.
+    :param s: The input set.
+    :return: Bounds on every ``h_i``.
+    """
+    lo, hi = s.lo, s.hi
+    lows, ups = [lo], [hi]
+    # For p = 2, track the exact image of the ball through the affine prefix: an element-wise scaling ("elem": each
+    # coordinate moves by at most eps * s_i) until the first Linear/Conv, then row norms ("rows": eps * ||W_row||_2).
+    state: str | None = "elem" if s.norm == 2 else None
+    scale: torch.Tensor = torch.ones(net.input_shape, dtype=s.x.dtype)
+    centre = s.x
+    for op in net.ops:
+        lo, hi = _ibp_step(op, lo, hi)
+        if state is not None and isinstance(op, AffineOp):
+            centre = op.forward(centre)
+            if isinstance(op, (Affine, Reshape)):
+                scale = op.abs_lin(scale[None])[0]
+            elif state == "elem":
+                scale, state = op.sq_lin(scale.square()[None])[0].sqrt(), "rows"
+            else:
+                state = None
+            if state is not None:
+                e = s.eps_like(centre) * scale
+                lo, hi = torch.maximum(lo, centre - e), torch.minimum(hi, centre + e)
+        elif not isinstance(op, AffineOp):
+            state = None
+        lows.append(lo)
+        ups.append(hi)
+    return Bounds(lows, ups)
+
+
+def relu_relaxation(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Linear relaxation of ReLU on ``[lo, hi]``.
+
+    :param lo: Lower bounds of the pre-activation.
+    :param hi: Upper bounds.
+    :return: ``(lower_slope, upper_slope, upper_intercept)`` with
+        ``lower_slope z <= relu(z) <= upper_slope z + upper_intercept`` on ``[lo, hi]``.
+    """
+    active, unstable = lo >= 0, (lo < 0) & (hi > 0)
+    denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
+    up_slope = torch.where(unstable, hi / denom, active.to(lo.dtype))
+    up_icpt = torch.where(unstable, -up_slope * lo, torch.zeros_like(lo))
+    low_slope = torch.where(unstable, (hi > -lo).to(lo.dtype), active.to(lo.dtype))
+    return low_slope, up_slope, up_icpt
+
+
+def maxpool_windows(
+    op: MaxPool2d, lo: torch.Tensor, hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which inputs of each pooling window can be the maximum, given input bounds.
+
+    :param op: The pooling operation.
+    :param lo: Lower bounds of its input ``(B, C, H, W)``.
+    :param hi: Upper bounds.
+    :return: ``(best, possible, dominated, upper_max)``: ``best`` ``(B, C, L)`` window index of the input with the
+        largest lower bound; ``possible`` ``(B, C, k, L)`` inputs whose upper bound reaches that lower bound (the only
+        ones that can be the maximum); ``dominated`` ``(B, C, L)`` windows with a single possible input; ``upper_max``
+        ``(B, C, L)`` the largest upper bound (an upper bound of the output).
+    """
+    lw, uw = op.windows(lo), op.windows(hi)
+    lstar, best = lw.max(dim=2)
+    possible = uw >= lstar[:, :, None]
+    dominated = possible.sum(dim=2) == 1
+    return best, possible, dominated, uw.max(dim=2).values
+
+
+def _concretize(a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Lower bound of ``a · h + const`` over the box ``[lo, hi]``; ``a`` is ``(B, M, *shape)``."""
+    c, r = ((hi + lo) / 2).flatten(1)[:, None], ((hi - lo) / 2).flatten(1)[:, None]
+    a = a.flatten(2)
+    return const + (a * c).sum(-1) - (a.abs() * r).sum(-1)
+
+
+def backward_lower(
+    net: PiecewiseLinearNetwork,
+    s: InputSet,
+    bounds: Bounds,
+    a: torch.Tensor,
+    end: int,
+    start: int = 0,
+) -> torch.Tensor:
+    """Lower bound of ``a · h_end`` over the input set by linear relaxation of operations ``start..end-1``.
+
+    :param net: The network.
+    :param s: The input set.
+    :param bounds: Sound bounds on ``h_start, ..., h_end`` (pre-activation bounds of the relaxed operations).
+    :param a: Linear functionals ``(B or 1, M, *shape_end)`` (a leading 1 is shared by all samples).
+    :param end: Index of the layer boundary the functionals act on.
+    :param start: Where to stop and concretise: ``0`` uses the input set (box, and ball for ``p = 2``), otherwise
+        the interval ``bounds`` at ``h_start``.
+    :return: Lower bounds ``(B, M)``.
+    """
+    const = torch.zeros(a.shape[:2], dtype=a.dtype)
+    for i in range(end - 1, start - 1, -1):
+        op = net.ops[i]
+        b, m = a.shape[:2]
+        if isinstance(op, AffineOp):
+            const = const + (a * op.offset).flatten(2).sum(-1)
+            a = op.lin_t(a.reshape(b * m, *op.out_shape)).reshape(b, m, *op.in_shape)
+            continue
+        lo, hi = bounds.lower[i][:, None], bounds.upper[i][:, None]
+        a = a.expand(lo.shape[0], *a.shape[1:])
+        pos, neg = a.clamp(min=0), a.clamp(max=0)
+        if isinstance(op, ReLU):
+            low_slope, up_slope, up_icpt = relu_relaxation(lo, hi)
+            const = const + (neg * up_icpt).flatten(2).sum(-1)
+            a = pos * low_slope + neg * up_slope
+        elif isinstance(op, MaxPool2d):
+            best, _, dominated, upper_max = maxpool_windows(op, bounds.lower[i], bounds.upper[i])
+            nb, c, k, n_out = best.shape[0], op.in_shape[0], op.kernel_size[0] * op.kernel_size[1], best.shape[-1]
+            pos, neg = pos.reshape(-1, m, c, n_out), neg.reshape(-1, m, c, n_out)
+            dom = dominated[:, None].to(a.dtype)
+            const = const + (neg * (1 - dom) * upper_max[:, None]).flatten(2).sum(-1)
+            sel = pos + neg * dom
+            cols = torch.zeros(nb, m, c, k, n_out, dtype=a.dtype)
+            cols.scatter_(3, best[:, None, :, None, :].expand(nb, m, c, 1, n_out), sel[:, :, :, None, :])
+            a = op.fold(cols.reshape(nb * m, c, k, n_out)).reshape(nb, m, *op.in_shape)
+        else:  # pragma: no cover - build_network only produces the operations above
+            raise TypeError(f"no relaxation for {op!r}")
+    if start > 0:
+        return _concretize(a, const, bounds.lower[start], bounds.upper[start])
+    low = _concretize(a, const, s.lo, s.hi)
+    if s.norm == 2:
+        flat = a.flatten(2)
+        ball = const + (flat * s.x.flatten(1)[:, None]).sum(-1) - s.eps[:, None] * flat.norm(dim=-1)
+        low = torch.maximum(low, ball)
+    return low
+
+
+def _crown_layer(net: PiecewiseLinearNetwork, s: InputSet, bounds: Bounds, end: int) -> tuple[torch.Tensor, ...]:
+    """CROWN bounds on every unit of ``h_end`` (rows of the identity, in chunks), shape ``(B, *shape_end)``."""
+    shape = net.ops[end].in_shape if end < len(net.ops) else net.ops[-1].out_shape
+    n = math.prod(shape)
+    widest = max(math.prod(net.ops[i].in_shape) for i in range(end))
+    rows = max(1, min(n, _CHUNK_ELEMENTS // max(1, s.x.shape[0] * widest * 2)))
+    lows, ups = [], []
+    for first in range(0, n, rows):
+        eye = torch.zeros(min(rows, n - first), n, dtype=s.x.dtype)
+        eye[:, first : first + eye.shape[0]].fill_diagonal_(1.0)
+        a = torch.cat([eye, -eye])[None].reshape(1, 2 * eye.shape[0], *shape)
+        low = backward_lower(net, s, bounds, a, end)
+        lows.append(low[:, : eye.shape[0]])
+        ups.append(-low[:, eye.shape[0] :])
+    return torch.cat(lows, 1).reshape(-1, *shape), torch.cat(ups, 1).reshape(-1, *shape)
+
+
+def linear_bounds(net: PiecewiseLinearNetwork, s: InputSet, ibp: Bounds | None = None) -> Bounds:
+    """CROWN bounds on the input of every ReLU/MaxPool and on the logits, intersected with IBP.
+
+    :param net: The network.
+    :param s: The input set.
+    :param ibp: Precomputed :func:`interval_bounds` (computed when ``None``).
+    :return: Bounds on every ``h_i``, each at least as tight as IBP's.
+    """
+    ibp = interval_bounds(net, s) if ibp is None else ibp
+    lows, ups = [s.lo], [s.hi]
+    lo, hi = s.lo, s.hi
+    n_mixing, relaxed = 0, False
+    for i, op in enumerate(net.ops):
+        if not isinstance(op, AffineOp):
+            if relaxed or n_mixing > 1:  # otherwise IBP is already exact for this layer
+                cl, cu = _crown_layer(net, s, Bounds(lows, ups), i)
+                lo, hi = torch.maximum(lo, cl), torch.minimum(hi, cu)
+            lows[i], ups[i] = lo, hi
+            relaxed = True
+        elif not isinstance(op, (Affine, Reshape)):
+            n_mixing += 1
+        lo, hi = _ibp_step(op, lo, hi)
+        lo, hi = torch.maximum(lo, ibp.lower[i + 1]), torch.minimum(hi, ibp.upper[i + 1])
+        lows.append(lo)
+        ups.append(hi)
+    if relaxed or n_mixing > 1:
+        n = len(net.ops)
+        cl, cu = _crown_layer(net, s, Bounds(lows, ups), n)
+        lows[n], ups[n] = torch.maximum(lows[n], cl), torch.minimum(ups[n], cu)
+    return Bounds(lows, ups)
