@@ -92,7 +92,9 @@ def validate_labels(labels: Any, n: int, num_classes: int) -> torch.Tensor:
     if t.ndim == 2 and t.shape == (n, num_classes):
         t = t.argmax(dim=1)
     if t.ndim != 1 or t.shape[0] != n:
-        raise ValueError(f"`labels` must be indices of shape ({n},) or one-hot ({n}, {num_classes}), got {tuple(t.shape)}.")
+        raise ValueError(
+            f"`labels` must be indices of shape ({n},) or one-hot ({n}, {num_classes}), got {tuple(t.shape)}."
+        )
     if t.is_floating_point():
         if not torch.equal(t, t.round()):
             raise ValueError("`labels` must hold integer class indices.")

@@ -174,7 +174,8 @@ def build_network(
     with torch.no_grad():
         got = net(probe)
     tol = 1e-4 if dtype == torch.float32 else 1e-9
-    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=tol, atol=tol * (1 + expected.abs().max())):
+    atol = tol * (1 + float(expected.abs().max()))
+    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=tol, atol=atol):
         raise UnsupportedOperationError(
             "unsupported model: the traced operations do not reproduce the model's evaluation-mode output "
             "(is the forward pass random or data-dependent?)"

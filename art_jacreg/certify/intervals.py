@@ -128,9 +128,16 @@ def maxpool_windows(
 
 def _concretize(a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """Lower bound of ``a · h + const`` over the box ``[lo, hi]``; ``a`` is ``(B, M, *shape)``."""
-    c, r = ((hi + lo) / 2).flatten(1)[:, None], ((hi - lo) / 2).flatten(1)[:, None]
-    a = a.flatten(2)
-    return const + (a * c).sum(-1) - (a.abs() * r).sum(-1)
+    return const + _weighted_sum(a, (hi + lo) / 2) - _weighted_sum(a.abs(), (hi - lo) / 2)
+
+
+def _weighted_sum(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``sum_features a * w`` for ``a`` ``(B or 1, M, *shape)`` and ``w`` ``(B, *shape)`` or ``(B, 1, *shape)``."""
+    w = w.reshape(w.shape[0], -1, 1)
+    a = a.reshape(a.shape[0], a.shape[1], -1)
+    if a.shape[0] != w.shape[0]:
+        a = a.expand(w.shape[0], *a.shape[1:])
+    return torch.bmm(a, w)[:, :, 0]
 
 
 def backward_lower(
@@ -162,12 +169,13 @@ def backward_lower(
             continue
         lo, hi = bounds.lower[i][:, None], bounds.upper[i][:, None]
         a = a.expand(lo.shape[0], *a.shape[1:])
-        pos, neg = a.clamp(min=0), a.clamp(max=0)
+        neg = a.clamp(max=0)
         if isinstance(op, ReLU):
             low_slope, up_slope, up_icpt = relu_relaxation(lo, hi)
-            const = const + (neg * up_icpt).flatten(2).sum(-1)
-            a = pos * low_slope + neg * up_slope
+            const = const + _weighted_sum(neg, up_icpt)
+            a = torch.addcmul(a * low_slope, neg, up_slope - low_slope)
         elif isinstance(op, MaxPool2d):
+            pos = a - neg
             best, _, dominated, upper_max = maxpool_windows(op, bounds.lower[i], bounds.upper[i])
             nb, c, k, n_out = best.shape[0], op.in_shape[0], op.kernel_size[0] * op.kernel_size[1], best.shape[-1]
             pos, neg = pos.reshape(-1, m, c, n_out), neg.reshape(-1, m, c, n_out)
@@ -183,27 +191,41 @@ def backward_lower(
         return _concretize(a, const, bounds.lower[start], bounds.upper[start])
     low = _concretize(a, const, s.lo, s.hi)
     if s.norm == 2:
-        flat = a.flatten(2)
-        ball = const + (flat * s.x.flatten(1)[:, None]).sum(-1) - s.eps[:, None] * flat.norm(dim=-1)
+        ball = const + _weighted_sum(a, s.x) - s.eps[:, None] * a.flatten(2).norm(dim=-1)
         low = torch.maximum(low, ball)
     return low
 
 
-def _crown_layer(net: PiecewiseLinearNetwork, s: InputSet, bounds: Bounds, end: int) -> tuple[torch.Tensor, ...]:
-    """CROWN bounds on every unit of ``h_end`` (rows of the identity, in chunks), shape ``(B, *shape_end)``."""
-    shape = net.ops[end].in_shape if end < len(net.ops) else net.ops[-1].out_shape
-    n = math.prod(shape)
-    widest = max(math.prod(net.ops[i].in_shape) for i in range(end))
-    rows = max(1, min(n, _CHUNK_ELEMENTS // max(1, s.x.shape[0] * widest * 2)))
-    lows, ups = [], []
-    for first in range(0, n, rows):
-        eye = torch.zeros(min(rows, n - first), n, dtype=s.x.dtype)
-        eye[:, first : first + eye.shape[0]].fill_diagonal_(1.0)
-        a = torch.cat([eye, -eye])[None].reshape(1, 2 * eye.shape[0], *shape)
+def _crown_layer(
+    net: PiecewiseLinearNetwork, s: InputSet, bounds: Bounds, end: int, lo: torch.Tensor, hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tighten the bounds ``[lo, hi]`` of ``h_end`` with CROWN, shape ``(B, *shape_end)``.
+
+    Only units that matter are bounded: for a ReLU input the ones IBP leaves unstable (each sample its own list,
+    padded to the longest with other units of that sample), otherwise all. Rows are processed in chunks.
+    """
+    shape = tuple(lo.shape[1:])
+    b, n = lo.shape[0], math.prod(shape)
+    lo, hi = lo.reshape(b, n).clone(), hi.reshape(b, n).clone()
+    if end < len(net.ops) and isinstance(net.ops[end], ReLU):
+        need = (lo < 0) & (hi > 0)
+    else:
+        need = torch.ones_like(lo, dtype=torch.bool)
+    n_rows = int(need.sum(1).max())
+    if n_rows == 0:
+        return lo.reshape(b, *shape), hi.reshape(b, *shape)
+    order = torch.argsort(need.to(torch.int8), dim=1, descending=True, stable=True)[:, :n_rows]
+    widest = max(math.prod(op.in_shape) for op in net.ops[:end])
+    chunk = max(1, min(n_rows, _CHUNK_ELEMENTS // max(1, b * widest * 2)))
+    for first in range(0, n_rows, chunk):
+        idx = order[:, first : first + chunk]
+        m = idx.shape[1]
+        a = torch.zeros(b, m, n, dtype=lo.dtype).scatter_(2, idx[:, :, None], 1.0)
+        a = torch.cat([a, -a], dim=1).reshape(b, 2 * m, *shape)
         low = backward_lower(net, s, bounds, a, end)
-        lows.append(low[:, : eye.shape[0]])
-        ups.append(-low[:, eye.shape[0] :])
-    return torch.cat(lows, 1).reshape(-1, *shape), torch.cat(ups, 1).reshape(-1, *shape)
+        lo.scatter_(1, idx, torch.maximum(lo.gather(1, idx), low[:, :m]))
+        hi.scatter_(1, idx, torch.minimum(hi.gather(1, idx), -low[:, m:]))
+    return lo.reshape(b, *shape), hi.reshape(b, *shape)
 
 
 def linear_bounds(net: PiecewiseLinearNetwork, s: InputSet, ibp: Bounds | None = None) -> Bounds:
@@ -221,8 +243,7 @@ def linear_bounds(net: PiecewiseLinearNetwork, s: InputSet, ibp: Bounds | None =
     for i, op in enumerate(net.ops):
         if not isinstance(op, AffineOp):
             if relaxed or n_mixing > 1:  # otherwise IBP is already exact for this layer
-                cl, cu = _crown_layer(net, s, Bounds(lows, ups), i)
-                lo, hi = torch.maximum(lo, cl), torch.minimum(hi, cu)
+                lo, hi = _crown_layer(net, s, Bounds(lows, ups), i, lo, hi)
             lows[i], ups[i] = lo, hi
             relaxed = True
         elif not isinstance(op, (Affine, Reshape)):
@@ -233,6 +254,5 @@ def linear_bounds(net: PiecewiseLinearNetwork, s: InputSet, ibp: Bounds | None =
         ups.append(hi)
     if relaxed or n_mixing > 1:
         n = len(net.ops)
-        cl, cu = _crown_layer(net, s, Bounds(lows, ups), n)
-        lows[n], ups[n] = torch.maximum(lows[n], cl), torch.minimum(ups[n], cu)
+        lows[n], ups[n] = _crown_layer(net, s, Bounds(lows, ups), n, lows[n], ups[n])
     return Bounds(lows, ups)
