@@ -29,7 +29,14 @@ from art_jacreg.certify.ops import DTYPE, Affine, AffineOp, Conv2d, Linear, MaxP
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["layer_operator_norms", "global_lipschitz_bound", "row_lipschitz", "tail_start", "EXPLICIT_LIMIT", "EXPLICIT_MIN_SIDE"]
+__all__ = [
+    "layer_operator_norms",
+    "global_lipschitz_bound",
+    "row_lipschitz",
+    "tail_start",
+    "EXPLICIT_LIMIT",
+    "EXPLICIT_MIN_SIDE",
+]
 
 EXPLICIT_LIMIT = 8_000_000  # entries of an explicit operator matrix (64 MB in float64)
 EXPLICIT_MIN_SIDE = 1024  # and its smaller side (the Gram matrix eigen-decomposition is cubic in it)
@@ -78,24 +85,22 @@ def _conv_circular_bound(op: Conv2d, in_scale: torch.Tensor | None) -> float:
     DFT block-diagonalises: ``||C||_2 = max_w sigma_max(W_hat(w))`` over ``(N/s)^2`` frequencies, each a
     ``C_out x (C_in s_h s_w)`` matrix. A non-constant input scale enters as its maximum.
     """
-    w = op.weight
+    co_g, ci_g, kh, kw = op.weight.shape
+    co_g //= op.groups
+    chan_scale, extra = torch.ones(ci_g * op.groups, dtype=DTYPE), 1.0
     if in_scale is not None:
-        per_channel = in_scale.reshape(in_scale.shape[0], -1) if in_scale.ndim == 3 else None
-        if per_channel is not None and bool((per_channel == per_channel[:, :1]).all()) and op.groups == 1:
-            w = w * per_channel[:, 0].reshape(1, -1, 1, 1)
-            extra = 1.0
+        flat = in_scale.reshape(in_scale.shape[0], -1)
+        if in_scale.ndim == 3 and bool((flat == flat[:, :1]).all()):
+            chan_scale = flat[:, 0]
         else:
             extra = float(in_scale.abs().max())
-    else:
-        extra = 1.0
     _, h, wd = op.in_shape
     (sh, sw), (ph, pw), (dh, dw) = op.stride, op.padding, op.dilation
     nh, nw = -(-(h + 2 * ph) // sh) * sh, -(-(wd + 2 * pw) // sw) * sw
     mh, mw = nh // sh, nw // sw
-    co_g, ci_g, kh, kw = w.shape
     best = 0.0
     for g in range(op.groups):
-        wg = w[g * co_g : (g + 1) * co_g]
+        wg = op.weight[g * co_g : (g + 1) * co_g] * chan_scale[g * ci_g : (g + 1) * ci_g].reshape(1, -1, 1, 1)
         poly = torch.zeros(co_g, ci_g, sh, sw, mh, mw, dtype=DTYPE)
         for a in range(kh):
             qa, ta = (dh * a) % sh, (dh * a) // sh
