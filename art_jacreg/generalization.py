@@ -3,8 +3,9 @@ r"""Generalization measurements of a trained classifier (THEORY.md section 3): n
 Everything the robust-generalization theory of Wu and Li (2024) says should matter, measured on a real model:
 
 * per-layer operator norms: spectral norms as sound **upper bounds** (:func:`art_jacreg.certify.layer_operator_norms`:
-  exact SVD of the explicit operator matrix, convolutions as operators, not kernels), Frobenius norms and the
-  ``(2,1)`` norms of the transposes, and the products over layers;
+  exact SVD of the explicit operator matrix when it is small, a circular-convolution or Schur bound otherwise;
+  convolutions as operators, not kernels), exact Frobenius norms and ``(2,1)`` norms of the transposes, and the
+  products over layers;
 * one named norm-based complexity term, the spectrally-normalised margin bound of Bartlett, Foster and Telgarsky
   (2017), see :func:`spectral_complexity` and :func:`margin_bound_term`;
 * the mean Jacobian norms :math:`\|J\|_F` and :math:`\|J\|_{1,1}` on training and test data (exact, ``K`` products);
@@ -56,7 +57,7 @@ class LayerNorms:
     :ivar index: Position in the traced network's operation list.
     :ivar kind: ``"Conv2d"``, ``"Linear"`` or ``"Affine"`` (element-wise, e.g. preprocessing).
     :ivar shape: ``(n_out, n_in)`` of the operator matrix.
-    :ivar spectral: Upper bound on ``||A||_2`` (exact up to a ``1e-9`` relative inflation when the matrix fits).
+    :ivar spectral: Upper bound on ``||A||_2`` from :func:`art_jacreg.certify.layer_operator_norms` (never below it).
     :ivar frobenius: ``||A||_F``.
     :ivar l21_transpose: ``||A^T||_{2,1}``, the sum of the l2 norms of the rows of ``A``.
     """
@@ -374,7 +375,10 @@ class GeneralizationReport:
             )
         else:
             notes.append(f"The margin-bound term is {term:.3g} <= {LOSS_RANGE:g} (non-vacuous before log factors).")
-        notes.append("Spectral norms are sound upper bounds (exact SVD of each operator); eps and x in raw units.")
+        notes.append(
+            "Spectral norms are sound upper bounds (art_jacreg.certify.layer_operator_norms), so R_A and the products "
+            "are upper bounds too; eps and x are in raw input units."
+        )
         return cls(
             layers=list(layers),
             spectral_product=float(np.prod([layer.spectral for layer in layers])),

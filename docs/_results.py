@@ -27,8 +27,16 @@ def _demote_headings(markdown: str) -> str:
     return "\n".join(out) + "\n"
 
 
+#: Captions of the plots that ``art_jacreg.compare.plots`` writes; other PNGs get one made from their file name.
+CAPTIONS = {
+    "robust_accuracy_vs_eps": "Accuracy under AutoAttack against the radius, per defence (l2 and l-inf panels)",
+    "robust_accuracy_vs_training_time": "Accuracy under attack at the reference radius against training time",
+    "jacobian_norm_vs_robust_gap": "Mean test Jacobian norm against the robust generalization gap",
+}
+
+
 def _caption(path: Path) -> str:
-    return path.stem.replace("_", " ").replace("-", " ").strip().capitalize()
+    return CAPTIONS.get(path.stem) or path.stem.replace("_", " ").replace("-", " ").strip().capitalize()
 
 
 def write_results_fragments(docs_dir: Path, preset: str = PRESET) -> None:

@@ -21,10 +21,14 @@ sys.path.insert(0, str(HERE))  # for the docs-local helper module ``_results``
 # Headless, deterministic, quiet example runs.
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# One intra-op thread: the models are small, and on a shared machine torch's thread pool slows down badly when the
+# cores are oversubscribed. Set OMP_NUM_THREADS to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from _cli_help import write_cli_help  # noqa: E402
+from _results import write_results_fragments  # noqa: E402
 
 import art_jacreg  # noqa: E402
-from _results import write_results_fragments  # noqa: E402
 
 project = "art-jacreg"
 author = "art-jacreg developers"
@@ -122,3 +126,5 @@ mathjax3_config = {
 def setup(app):  # noqa: D103 - Sphinx hook
     # Pull the harness's results (if the lead has put them in docs/results/) into docs/_generated/ before reading.
     app.connect("builder-inited", lambda app: write_results_fragments(HERE))
+    # The CLI page shows the real --help texts.
+    app.connect("builder-inited", lambda app: write_cli_help(HERE))

@@ -93,7 +93,7 @@ def save_cached(path: str | os.PathLike, row: dict[str, Any]) -> None:
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if isinstance(value, float):
         return f"{value:.{digits}f}" if abs(value) < 1e4 else f"{value:.2e}"
@@ -175,10 +175,12 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             continue
         gen = row.get("generalization", {})
         bft = gen.get("margin_bound")
-        bft_text = "n/a (γ ≤ 0): vacuous" if bft is None else f"{bft:.3g}" + (" (vacuous)" if gen.get("vacuous") else "")
+        if bft is None or not math.isfinite(bft):
+            bft_text = "n/a (margin γ ≤ 0): vacuous"
+        else:
+            bft_text = f"{bft:.3g}" + (" (vacuous)" if gen.get("vacuous") else "")
         cells = [row["defence"]]
         cells += [_fmt(_get(row, "jacobian", part, key), 2) for key in ("frobenius", "l11") for part in ("train", "test")]
-        cells[1:5] = [cells[1], cells[3], cells[2], cells[4]]
         cells += [_fmt(_get(row, "gaps", "standard", "loss_gap")), _fmt(_get(row, "gaps", "standard", "accuracy_gap"))]
         for key in ("robust_2", "robust_inf"):
             cells += [_fmt(_get(row, "gaps", key, "loss_gap")), _fmt(_get(row, "gaps", key, "accuracy_gap"))]

@@ -74,7 +74,7 @@ for record in trainer.history:
 # the trained model (all rows, evaluation mode):
 
 exact = trainer.compute_regularizer(x_val[:100])
-print(f"exact ||J||_1,1 on 100 validation digits: mean {exact.mean():.1f}, min {exact.min():.1f}, max {exact.max():.1f}")
+print(f"exact ||J||_1,1, 100 validation digits: mean {exact.mean():.1f}, range {exact.min():.1f} to {exact.max():.1f}")
 
 # %%
 # The history as curves:

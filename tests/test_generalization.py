@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from art_jacreg import generalization as gen
+from art_jacreg.data import load_mnist
+from art_jacreg.models import make_classifier, mnist_cnn
+from art_jacreg.norms import jacobian
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def data():
+    (x, y), (xt, yt), _, _ = load_mnist()
+    return x[:1000], y[:1000], xt[:200], yt[:200]
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    x, y, _, _ = data
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    clf = make_classifier(mnist_cnn(seed=0))
+    clf.fit(x, y, nb_epochs=3, batch_size=32)
+    torch.set_num_threads(previous)
+    return clf
+
+
+def _explicit(layer: torch.nn.Module, in_shape: tuple[int, ...]) -> torch.Tensor:
+    """Operator matrix (n_out, n_in) of a Conv2d/Linear layer without bias, built from the torch module itself."""
+    n_in = math.prod(in_shape)
+    basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, *in_shape)
+    weight = layer.weight.detach().double()
+    if isinstance(layer, torch.nn.Conv2d):
+        out = torch.nn.functional.conv2d(basis, weight, None, layer.stride, layer.padding)
+    else:
+        out = basis @ weight.T
+    return out.reshape(n_in, -1).T
+
+
+def _power_iteration(a: torch.Tensor, n_iter: int = 100) -> float:
+    gen_ = torch.Generator().manual_seed(0)
+    v = torch.randn(a.shape[1], dtype=torch.float64, generator=gen_)
+    for _ in range(n_iter):
+        v = a.T @ (a @ v)
+        v = v / v.norm()
+    return float((a @ v).norm())
+
+
+def test_layer_norms_match_explicit_operators_and_bound_power_iteration(trained):
+    layers = gen.layer_norms(trained)
+    model = trained.model
+    modules = [m for m in model if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    shapes = [(1, 28, 28), (16, 14, 14), (1568,), (100,)]
+    assert [layer.kind for layer in layers] == ["Conv2d", "Conv2d", "Linear", "Linear"]
+    for layer, module, shape in zip(layers, modules, shapes):
+        a = _explicit(module, shape)
+        assert layer.shape == tuple(a.shape)
+        estimate = _power_iteration(a)
+        # Sound upper bound: never below power iteration (a lower estimate of sigma_max) ...
+        assert layer.spectral >= estimate
+        # ... and not loose (certify uses exact SVD or the circular-convolution bound, within a few percent).
+        assert layer.spectral <= 1.1 * estimate
+        assert layer.frobenius == pytest.approx(float(a.norm()), rel=1e-9)
+        assert layer.l21_transpose == pytest.approx(float(a.norm(dim=1).sum()), rel=1e-9)
+
+
+def test_preprocessing_enters_as_an_affine_layer(data):
+    clf = make_classifier(mnist_cnn(seed=1), preprocessing=(0.1307, 0.3081))
+    layers = gen.layer_norms(clf)
+    assert layers[0].kind == "Affine"
+    assert layers[0].spectral == pytest.approx(1 / 0.3081, rel=1e-6)
+    assert layers[0].frobenius == pytest.approx(math.sqrt(784) / 0.3081, rel=1e-6)
+
+
+def test_products_and_spectral_complexity_follow_the_formulas(trained, data):
+    x, y, xt, yt = data
+    report = gen.generalization_report(trained, x[:100], y[:100], xt[:100], yt[:100])
+    spec = np.array([layer.spectral for layer in report.layers])
+    fro = np.array([layer.frobenius for layer in report.layers])
+    l21 = np.array([layer.l21_transpose for layer in report.layers])
+    assert report.spectral_product == pytest.approx(float(np.prod(spec)), rel=1e-12)
+    assert report.frobenius_product == pytest.approx(float(np.prod(fro)), rel=1e-12)
+    # R_A in its second form: (sum_i b_i^{2/3} prod_{j != i} s_j^{2/3})^{3/2}.
+    alt = sum(l21[i] ** (2 / 3) * np.prod(np.delete(spec, i)) ** (2 / 3) for i in range(len(spec))) ** 1.5
+    assert report.spectral_complexity == pytest.approx(alt, rel=1e-9)
+    term = report.spectral_complexity * report.data_norm / (report.margin * report.n_train)
+    assert report.margin_bound == pytest.approx(term, rel=1e-12)
+    assert report.data_norm == pytest.approx(float(np.linalg.norm(x[:100])), rel=1e-6)
+
+
+def test_real_model_bound_is_flagged_vacuous_in_words(trained, data):
+    x, y, xt, yt = data
+    report = gen.generalization_report(trained, x[:100], y[:100], xt[:100], yt[:100])
+    assert report.margin > 0  # the model is trained, so the 10% margin quantile is positive
+    assert report.margin_bound > 1
+    assert report.vacuous
+    text = report.to_markdown()
+    assert "VACUOUS" in text and "exceeds 1" in text
+    assert report.to_dict()["vacuous"] is True
+
+
+def test_small_bound_is_not_flagged_and_nonpositive_margin_is():
+    layers = [gen.LayerNorms(0, "Linear", (2, 2), 1.0, 1.0, 1.0)]
+    gap = gen.Gap(0.1, 0.2, 1.0, 0.9)
+    jac = {"frobenius": 1.0, "l11": 1.0, "n": 4}
+    ok = gen.GeneralizationReport.build(layers, np.full(100, 10.0), 10.0, jac, jac, gap)
+    assert ok.margin_bound == pytest.approx(1.0 * 10.0 / (10.0 * 100))
+    assert not ok.vacuous and "VACUOUS" not in ok.to_markdown()
+    bad = gen.GeneralizationReport.build(layers, np.linspace(-1, 1, 100), 10.0, jac, jac, gap)
+    assert math.isnan(bad.margin_bound) and bad.vacuous
+    assert "cannot be evaluated" in bad.to_markdown()
+    with pytest.raises(ValueError, match="margin_quantile"):
+        gen.GeneralizationReport.build(layers, np.ones(3), 1.0, jac, jac, gap, margin_quantile=1.5)
+
+
+def test_mean_jacobian_norms_are_exact(trained, data):
+    _, _, xt, _ = data
+    got = gen.mean_jacobian_norms(trained, xt[:7], batch_size=3)
+    func = lambda t: trained.model(t)  # noqa: E731 - identity preprocessing
+    jac = jacobian(func, torch.from_numpy(xt[:7])).detach().double()
+    assert got["frobenius"] == pytest.approx(float(jac.flatten(1).norm(dim=1).mean()), rel=1e-4)
+    assert got["l11"] == pytest.approx(float(jac.abs().flatten(1).sum(dim=1).mean()), rel=1e-4)
+
+
+def test_gaps_standard_and_robust_are_consistent(trained, data):
+    x, y, xt, yt = data
+    clean = gen.empirical_gap(trained, x[:60], y[:60], xt[:60], yt[:60])
+    pred_test = trained.predict(xt[:60]).argmax(1)
+    assert clean.accuracy_test == pytest.approx(float((pred_test == yt[:60].argmax(1)).mean()))
+    assert clean.accuracy_gap == pytest.approx(clean.accuracy_train - clean.accuracy_test)
+    assert clean.loss_gap == pytest.approx(clean.loss_test - clean.loss_train)
+    robust = gen.empirical_gap(
+        trained, x[:60], y[:60], xt[:60], yt[:60], eps=0.15, norm="inf", attack_params={"max_iter": 5}
+    )
+    assert robust.norm == "inf" and robust.eps == 0.15
+    assert robust.accuracy_train <= clean.accuracy_train and robust.accuracy_test <= clean.accuracy_test
+    assert robust.loss_train >= clean.loss_train and robust.loss_test >= clean.loss_test
+    assert robust.accuracy_test < clean.accuracy_test  # a 0.15 l-inf attack hurts a plainly trained CNN
+
+
+def test_report_with_robust_gap_serialises(trained, data):
+    x, y, xt, yt = data
+    report = gen.generalization_report(
+        trained, x[:40], y[:40], xt[:40], yt[:40], eps={"l2": 1.0}, attack_params={"max_iter": 3}
+    )
+    assert set(report.robust_gaps) == {"2"}
+    as_json = json.loads(json.dumps(report.to_dict()))
+    assert as_json["robust_gaps"]["2"]["eps"] == 1.0
+    assert len(as_json["layers"]) == 4
+    text = report.to_markdown()
+    assert "robust l2 eps 1" in text and "Bartlett, Foster and Telgarsky" in text
+    assert report.jacobian_train["n"] == 40
