@@ -208,6 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------------- commands
 
 
+def _set_threads(args: argparse.Namespace) -> None:
+    """Set torch's thread count for the command (imported only when a command gets to real work)."""
+    import torch
+
+    if not hasattr(args, "previous_threads"):
+        args.previous_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+
+
 def _load_data(path: str | None) -> Any:
     from art_jacreg.data import load_mnist
 
@@ -217,12 +226,12 @@ def _load_data(path: str | None) -> Any:
 
 
 def _load_classifier(path: str) -> Any:
+    if not Path(path).is_file():
+        raise CLIError(f"MODEL: no such file: {path}")
     import torch
 
     from art_jacreg.models import make_classifier, mnist_cnn
 
-    if not Path(path).is_file():
-        raise CLIError(f"MODEL: no such file: {path}")
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # noqa: BLE001 - any unreadable file is a user error
@@ -249,6 +258,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.exists():
         raise CLIError(f"--out: directory does not exist: {out.parent}")
+    _set_threads(args)
     (x, y), (x_test, y_test), _, _ = _load_data(args.data)
     if args.n_train is not None:
         x, y = x[: args.n_train], y[: args.n_train]
@@ -271,9 +281,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_certify(args: argparse.Namespace) -> int:
     import numpy as np
 
+    classifier = _load_classifier(args.model)
+    _set_threads(args)
     from art_jacreg.reporter import JacobianBoundReporter
 
-    classifier = _load_classifier(args.model)
     _, (x_test, y_test), _, _ = _load_data(args.data)
     x, y = x_test[: args.n], y_test[: args.n].argmax(1)
     eps_list = args.eps or ([0.1, 0.3] if args.norm == 2 else [0.01, 0.02])
@@ -292,13 +303,14 @@ def _cmd_certify(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from art_jacreg.reporter import JacobianBoundReporter
-
     for option in ("csv", "json"):
         target = getattr(args, option)
         if target is not None and not Path(target).parent.exists():
             raise CLIError(f"--{option}: directory does not exist: {Path(target).parent}")
     classifier = _load_classifier(args.model)
+    _set_threads(args)
+    from art_jacreg.reporter import JacobianBoundReporter
+
     (x_train, y_train), (x_test, y_test), _, _ = _load_data(args.data)
     eps = args.eps if args.eps is not None else (1.0 if args.norm == 2 else 0.1)
     reporter = JacobianBoundReporter.from_classifier(classifier, verbose=not args.quiet)
@@ -352,6 +364,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.n_attack is not None:
         changes.update(n_attack=args.n_attack, n_certify=args.n_attack, n_jacobian=args.n_attack)
     protocol = protocol.replace(**changes)
+    _set_threads(args)
     result = run_comparison(
         protocol, out_dir=args.out, resume=not args.no_resume, quiet=args.quiet, plots=not args.no_plots,
         threads=args.threads,
@@ -368,9 +381,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 _COMMANDS = {"train": _cmd_train, "certify": _cmd_certify, "report": _cmd_report, "compare": _cmd_compare}
 
 
-def _setup_logging(quiet: bool) -> None:
+def _setup_logging(quiet: bool) -> int:
+    """Log warnings from everything and, unless quiet, INFO from art_jacreg; return the previous art_jacreg level."""
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    logging.getLogger("art_jacreg").setLevel(logging.WARNING if quiet else logging.INFO)
+    package = logging.getLogger("art_jacreg")
+    previous = package.level
+    package.setLevel(logging.WARNING if quiet else logging.INFO)
+    return previous
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -381,10 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.quiet)
-    import torch
-
-    torch.set_num_threads(args.threads)
+    previous_level = _setup_logging(args.quiet)
     prefix = f"{PROG} {args.command}: error:"
     try:
         return _COMMANDS[args.command](args)
@@ -394,6 +408,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.debug("%s failed", args.command, exc_info=True)
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"{prefix} {message}", file=sys.stderr)
+    finally:
+        if hasattr(args, "previous_threads"):
+            import torch
+
+            torch.set_num_threads(args.previous_threads)
+        logging.getLogger("art_jacreg").setLevel(previous_level)
     return 2
 
 

@@ -153,7 +153,8 @@ def spectral_complexity(layers: list[LayerNorms]) -> float:
 
     .. math::
 
-        R_A = \Big(\prod_i \|A_i\|_2\Big) \Big(\sum_i \frac{\|A_i^\top - M_i^\top\|_{2,1}^{2/3}}{\|A_i\|_2^{2/3}}\Big)^{3/2}
+        R_A = \Big(\prod_i \|A_i\|_2\Big)
+              \Big(\sum_i \frac{\|A_i^\top - M_i^\top\|_{2,1}^{2/3}}{\|A_i\|_2^{2/3}}\Big)^{3/2}
         \quad\text{with } M_i = 0,
 
     for 1-Lipschitz activations (ReLU). Written as :math:`(\sum_i b_i^{2/3}\prod_{j\ne i}s_j^{2/3})^{3/2}` it is
@@ -179,8 +180,9 @@ def margin_bound_term(r_a: float, data_norm: float, margin: float, n: int) -> fl
     Bartlett, Foster and Telgarsky (2017, Theorem 1.1) bound the test error by the empirical ramp loss at margin
     :math:`\gamma` plus :math:`\tilde O\big(\frac{\|X\|_F R_A}{\gamma n}\ln W + \sqrt{\ln(1/\delta)/n}\big)`, with
     :math:`\|X\|_F = \sqrt{\sum_i \|x_i\|_2^2}` over the ``n`` training inputs and ``W`` the widest layer. This returns
-    exactly :math:`R_A \|X\|_F / (\gamma n)`, *without* the log factors, constants and confidence term, all of which only
-    make the full bound larger: a value above 1 therefore means the bound on the error (a number in [0, 1]) is vacuous.
+    exactly :math:`R_A \|X\|_F / (\gamma n)`, *without* the log factors, constants and confidence term, all of which
+    only make the full bound larger: a value above 1 therefore means the bound on the error (a number in [0, 1])
+    is vacuous.
 
     :param r_a: Spectral complexity :func:`spectral_complexity`.
     :param data_norm: :math:`\|X\|_F` of the training inputs (raw units, as the network sees them before preprocessing).
@@ -299,12 +301,15 @@ class GeneralizationReport:
     :ivar spectral_product: ``prod_i ||A_i||_2`` (upper bound; also an upper bound on the l2 Lipschitz constant).
     :ivar frobenius_product: ``prod_i ||A_i||_F``.
     :ivar spectral_complexity: ``R_A`` of Bartlett, Foster and Telgarsky (2017) with ``M_i = 0``.
-    :ivar margin: ``gamma``, the ``margin_quantile`` quantile of the training margins.
+    :ivar margin: ``gamma``, the ``margin_quantile`` quantile of the *positive* training margins (correctly
+        classified points), so it is positive whenever one training point is classified correctly.
     :ivar margin_quantile: Quantile used for ``gamma``.
+    :ivar margin_violations: Fraction of training points with margin ``< gamma`` (the empirical margin loss of the
+        bound, at most the training error plus ``margin_quantile``).
     :ivar data_norm: ``||X||_F`` of the training inputs used.
     :ivar n_train: Number of training inputs used.
     :ivar margin_bound: ``R_A ||X||_F / (gamma n)`` (:func:`margin_bound_term`), ``nan`` if ``gamma <= 0``.
-    :ivar vacuous: True when ``margin_bound`` exceeds :data:`LOSS_RANGE` or cannot be evaluated.
+    :ivar vacuous: True when ``margin_violations + margin_bound`` exceeds :data:`LOSS_RANGE` or cannot be evaluated.
     :ivar jacobian_train: Mean Jacobian norms on the training inputs (:func:`mean_jacobian_norms`).
     :ivar jacobian_test: Mean Jacobian norms on the test inputs.
     :ivar standard_gap: Clean :class:`Gap`.
@@ -318,6 +323,7 @@ class GeneralizationReport:
     spectral_complexity: float
     margin: float
     margin_quantile: float
+    margin_violations: float
     data_norm: float
     n_train: int
     margin_bound: float
@@ -349,32 +355,35 @@ class GeneralizationReport:
         :param jacobian_test: :func:`mean_jacobian_norms` on test inputs.
         :param standard_gap: Clean gap.
         :param robust_gaps: Robust gaps per norm key.
-        :param margin_quantile: Quantile of the training margins used as ``gamma``, in ``(0, 1)``.
+        :param margin_quantile: Quantile of the positive training margins used as ``gamma``, in ``(0, 1)``.
         :return: The report.
         """
         if not 0 < margin_quantile < 1:
             raise ValueError(f"`margin_quantile` must be in (0, 1), got {margin_quantile!r}.")
+        train_margins = np.asarray(train_margins, dtype=np.float64)
         n = int(len(train_margins))
-        gamma = float(np.quantile(train_margins, margin_quantile))
+        positive = train_margins[train_margins > 0]
+        gamma = float(np.quantile(positive, margin_quantile)) if positive.size else float("nan")
+        violations = float(np.mean(train_margins < gamma)) if positive.size else 1.0
         r_a = spectral_complexity(layers)
         term = margin_bound_term(r_a, data_norm, gamma, n)
-        vacuous = not (term <= LOSS_RANGE)
+        total = violations + term
+        vacuous = not (total <= LOSS_RANGE)
         notes = []
-        if gamma <= 0:
-            notes.append(
-                f"The {margin_quantile:.0%} quantile of the training margins is {gamma:.3g} <= 0 (more than "
-                f"{margin_quantile:.0%} of the training points are misclassified), so the margin bound cannot be "
-                "evaluated: it is vacuous."
-            )
+        if not positive.size:
+            notes.append("No training point is classified correctly, so no positive margin exists and the margin "
+                         "bound cannot be evaluated: it is vacuous.")
         elif vacuous:
             notes.append(
-                f"VACUOUS: the margin-bound term R_A ||X||_F / (gamma n) = {term:.3g} exceeds {LOSS_RANGE:g}, the range "
-                "of the 0-1 error it bounds (and it omits log factors and constants that only make it larger). The "
-                "bound says nothing about this model's test error; only its relative size across models is "
-                "informative."
+                f"VACUOUS: the margin bound, empirical margin loss {violations:.3g} + complexity term R_A ||X||_F / "
+                f"(gamma n) = {term:.3g}, exceeds {LOSS_RANGE:g}, the range of the 0-1 error it bounds (and it omits "
+                "log factors and constants that only make it larger). It says nothing about this model's test error; "
+                "only its relative size across models is informative."
             )
         else:
-            notes.append(f"The margin-bound term is {term:.3g} <= {LOSS_RANGE:g} (non-vacuous before log factors).")
+            notes.append(
+                f"The margin bound {violations:.3g} + {term:.3g} is <= {LOSS_RANGE:g} (non-vacuous before log factors)."
+            )
         notes.append(
             "Spectral norms are sound upper bounds (art_jacreg.certify.layer_operator_norms), so R_A and the products "
             "are upper bounds too; eps and x are in raw input units."
@@ -386,6 +395,7 @@ class GeneralizationReport:
             spectral_complexity=r_a,
             margin=gamma,
             margin_quantile=margin_quantile,
+            margin_violations=violations,
             data_norm=float(data_norm),
             n_train=n,
             margin_bound=term,
@@ -414,7 +424,7 @@ class GeneralizationReport:
         :return: Markdown text.
         """
         lines = ["## Generalization report", "", "### Layer norms", ""]
-        lines += ["| layer | operator | shape | spectral (upper bound) | Frobenius | ‖Aᵀ‖₂,₁ |", "|---|---|---|---|---|---|"]
+        lines += ["| layer | operator | shape | spectral (upper bound) | Frobenius | ‖Aᵀ‖₂,₁ |", "|---|" * 6]
         for layer in self.layers:
             lines.append(
                 f"| {layer.index} | {layer.kind} | {layer.shape[0]}×{layer.shape[1]} | {layer.spectral:.4g} | "
@@ -430,9 +440,11 @@ class GeneralizationReport:
             "term = R_A ||X||_F / (gamma n), log factors and constants omitted.",
             "",
             f"- spectral complexity R_A: {self.spectral_complexity:.4g}",
-            f"- margin gamma ({self.margin_quantile:.0%} quantile of training margins): {self.margin:.4g}",
+            f"- margin gamma ({self.margin_quantile:.0%} quantile of the positive training margins): "
+            f"{self.margin:.4g}; training points below it: {self.margin_violations:.3f}",
             f"- ||X||_F: {self.data_norm:.4g}, n = {self.n_train}",
-            f"- margin-bound term: {self.margin_bound:.4g} ({verdict}; the error it bounds lies in [0, {LOSS_RANGE:g}])",
+            f"- margin-bound term: {self.margin_bound:.4g}; bound on the test error = {self.margin_violations:.3f} + "
+            f"{self.margin_bound:.4g} ({verdict}: the error lies in [0, {LOSS_RANGE:g}])",
             "",
             "### Mean Jacobian norms (logits w.r.t. raw input)",
             "",
@@ -479,7 +491,7 @@ def generalization_report(
     :param eps: Attack radius per norm for the robust gaps, e.g. ``{"2": 1.0, "inf": 0.1}``; ``None`` skips them.
     :param attack: Attack for the robust gaps (see :mod:`art_jacreg.attacks`).
     :param attack_params: Attack parameter overrides, e.g. ``{"max_iter": 20}``.
-    :param margin_quantile: Quantile of the training margins used as the margin ``gamma``.
+    :param margin_quantile: Quantile of the positive training margins used as the margin ``gamma``.
     :param seed: Seed of the attacks.
     :return: The report.
     """

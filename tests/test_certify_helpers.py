@@ -70,7 +70,10 @@ def _mnist_like(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     y = torch.randint(0, 10, (n,), generator=gen)
     x = tmpl[y]
     shifts = torch.randint(-2, 3, (n, 2), generator=gen)
-    x = torch.stack([torch.roll(img, (int(dy), int(dx)), dims=(0, 1)) for img, (dy, dx) in zip(x, shifts)])
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            sel = (shifts[:, 0] == dy) & (shifts[:, 1] == dx)
+            x[sel] = torch.roll(x[sel], (dy, dx), dims=(1, 2))
     x = x * (0.7 + 0.3 * torch.rand(n, 1, 1, generator=gen))
     x = x + 0.15 * torch.randn(x.shape, generator=gen) * (x > 0.1)
     x = torch.where(x > 0.1, x, torch.zeros(()))
@@ -101,7 +104,7 @@ def _train(model: nn.Module, n_train: int = 1500, epochs: int = 1, seed: int = 0
     return model.eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trained(name: str) -> nn.Module:
     """A briefly trained model (cached): "mlp", "cnn" (mnist_cnn) or "fcnn" (FunctionalCNN with BatchNorm)."""
     torch.manual_seed(0)
@@ -114,7 +117,7 @@ def trained(name: str) -> nn.Module:
     raise KeyError(name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def network(name: str):  # noqa: ANN201
     return build_network(trained(name), (1, 28, 28), preprocessing=(MEAN, STD))
 
@@ -141,8 +144,8 @@ def sample_ball_box(x: torch.Tensor, eps: torch.Tensor, norm: float, n: int, gen
     e = eps.reshape(-1, *([1] * (x.ndim - 1)))
     for i in range(n):
         if norm == math.inf:
-            d = (torch.rand(x.shape, generator=gen) * 2 - 1) if i % 2 else torch.sign(torch.randn(x.shape, generator=gen))
-            d = d * e
+            u = torch.rand(x.shape, generator=gen) * 2 - 1
+            d = (u if i % 2 else torch.sign(u)) * e
         else:
             d = torch.randn(x.shape, generator=gen)
             d = d / d.flatten(1).norm(dim=1).reshape(e.shape) * e * (1.0 if i % 2 == 0 else torch.rand(()).item())

@@ -140,12 +140,14 @@ def test_functional_model_with_pooling_batchnorm_dropout_is_certified(data):
     x, _ = data
     model = _FunctionalNet()
     rep = _reporter(model)
+    logits = rep.predict(x)  # ART's predict leaves the model in eval mode ...
+    model.train()
     pred, radius = rep.certify(x, norm=np.inf, method="interval")
-    np.testing.assert_array_equal(pred, rep.predict(x).argmax(1))
     bounds = rep.predict_bounds(x, 0.0, norm=np.inf)
-    logits = rep.predict(x)
+    assert all(m.training for m in model.modules())  # ... the reporter's methods restore the caller's modes
+    np.testing.assert_array_equal(pred, logits.argmax(1))
+    assert np.all(radius >= 0)
     assert np.all(bounds[:, 0] <= logits + 1e-4) and np.all(logits <= bounds[:, 1] + 1e-4)
-    assert model.training  # restored
 
 
 def test_unsupported_model_predicts_and_attacks_but_certify_names_the_operation(data):

@@ -81,7 +81,8 @@ def _target_name(node: fx.Node, root: nn.Module) -> str:
 
 
 def _unsupported(node: fx.Node, root: nn.Module, why: str = "") -> UnsupportedOperationError:
-    msg = f"unsupported operation: {node.op} {_target_name(node, root)} at node '{node.name}'"
+    where = f" (module '{node.target}')" if node.op == "call_module" else ""
+    msg = f"unsupported operation: {node.op} {_target_name(node, root)}{where} at node '{node.name}'"
     return UnsupportedOperationError(msg + (f" ({why})" if why else ""))
 
 
@@ -165,8 +166,14 @@ def build_network(
     probe = torch.rand((3, *input_shape), generator=gen, dtype=torch.float64)
     pre_probe = probe if pre is None else pre.forward(probe)
     with torch.no_grad():
-        ShapeProp(gm).propagate(pre_probe.to(dtype))
-        expected = gm(pre_probe.to(dtype)).to(DTYPE)
+        try:
+            ShapeProp(gm).propagate(pre_probe.to(dtype))
+            expected = gm(pre_probe.to(dtype))
+        except Exception as err:  # noqa: BLE001 - report any failure of the model on the declared input shape
+            raise ValueError(f"`model` fails on inputs of shape (3, *{input_shape}) (`input_shape`): {err}") from err
+    if not isinstance(expected, torch.Tensor):
+        raise UnsupportedOperationError("unsupported model: the output must be a single logits tensor")
+    expected = expected.to(DTYPE)
 
     ops: list[Op] = [] if pre is None else [pre]
     ops += _convert(gm, input_shape)
@@ -257,7 +264,7 @@ def _convert_node(node: fx.Node, gm: fx.GraphModule, in_shape: tuple, out_shape:
             {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False},
         )
         return [_maxpool(node, gm, in_shape, out_shape, a)]
-    if target in (F.avg_pool2d, torch.avg_pool2d):
+    if target is F.avg_pool2d:
         a = _bind(
             node,
             ["input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"],

@@ -239,20 +239,22 @@ def linear_bounds(net: PiecewiseLinearNetwork, s: InputSet, ibp: Bounds | None =
     ibp = interval_bounds(net, s) if ibp is None else ibp
     lows, ups = [s.lo], [s.hi]
     lo, hi = s.lo, s.hi
-    n_mixing, relaxed = 0, False
+    # CROWN pays off only for a layer reached through a Linear/Conv after a relaxed operation (or through two
+    # Linear/Conv from the input): otherwise interval propagation is already exact for it.
+    mixing, relaxed_before = 0, False
     for i, op in enumerate(net.ops):
         if not isinstance(op, AffineOp):
-            if relaxed or n_mixing > 1:  # otherwise IBP is already exact for this layer
+            if (relaxed_before and mixing > 0) or mixing > 1:
                 lo, hi = _crown_layer(net, s, Bounds(lows, ups), i, lo, hi)
             lows[i], ups[i] = lo, hi
-            relaxed = True
+            relaxed_before, mixing = True, 0
         elif not isinstance(op, (Affine, Reshape)):
-            n_mixing += 1
+            mixing += 1
         lo, hi = _ibp_step(op, lo, hi)
         lo, hi = torch.maximum(lo, ibp.lower[i + 1]), torch.minimum(hi, ibp.upper[i + 1])
         lows.append(lo)
         ups.append(hi)
-    if relaxed or n_mixing > 1:
+    if (relaxed_before and mixing > 0) or mixing > 1:
         n = len(net.ops)
         lows[n], ups[n] = _crown_layer(net, s, Bounds(lows, ups), n, lows[n], ups[n])
     return Bounds(lows, ups)

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 EXPLICIT_LIMIT = 8_000_000  # entries of an explicit operator matrix (64 MB in float64)
-EXPLICIT_MIN_SIDE = 1024  # and its smaller side (the Gram matrix eigen-decomposition is cubic in it)
+EXPLICIT_MIN_SIDE = 512  # and its smaller side for a Conv, 4x that for a Linear (the eigensolver is cubic in it)
 _SLACK = 1.0 + 1e-9
 
 
@@ -61,7 +61,8 @@ def _spectral_upper(op: AffineOp, in_scale: torch.Tensor | None = None) -> float
     bound = math.inf
     if isinstance(op, Conv2d):
         bound = _conv_circular_bound(op, in_scale)
-    if n_in * n_out <= EXPLICIT_LIMIT and min(n_in, n_out) <= EXPLICIT_MIN_SIDE:
+    side = EXPLICIT_MIN_SIDE if isinstance(op, Conv2d) else 4 * EXPLICIT_MIN_SIDE
+    if n_in * n_out <= EXPLICIT_LIMIT and min(n_in, n_out) <= side:
         a = _explicit_matrix(op, in_scale)
         gram = a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a
         top = float(torch.linalg.eigvalsh(gram)[-1].clamp(min=0.0))

@@ -32,6 +32,7 @@ __all__ = [
     "get_defence",
     "list_defences",
     "register_defence",
+    "seeded",
     "train_defence",
 ]
 
@@ -81,7 +82,8 @@ class DefenceSpec:
     """One entry of the defence registry.
 
     :ivar name: Registry name (used on the command line).
-    :ivar trainer: Adapter key: ``plain``, ``fgsm``, ``madry``, ``pgd``, ``trades``, ``fbf``, ``awp``, ``ibp`` or ``jr``.
+    :ivar trainer: Adapter key: ``plain``, ``fgsm``, ``madry``, ``pgd``, ``trades``, ``fbf``, ``awp``, ``ibp``
+        or ``jr``.
     :ivar norm: Threat model it trains against (``2.0``, ``inf``) or ``None`` (plain training).
     :ivar params: Trainer-specific parameters (e.g. ``reg_weight``, ``max_iter``, ``beta``).
     :ivar description: One line for ``--list-defences``.
@@ -132,7 +134,7 @@ class TrainOutcome:
 
     :ivar model: The trained ``mnist_cnn``-architecture ``nn.Sequential``.
     :ivar seconds: Wall-clock training time.
-    :ivar train_eps: Perturbation size trained against (``None`` for plain training).
+    :ivar train_eps: Perturbation size trained against (``None`` for plain and Jacobian-regularized training).
     :ivar adaptations: What the harness did around ART for this defence.
     :ivar details: Extra trainer settings actually used (attack steps, beta, ...).
     """
@@ -468,15 +470,16 @@ def train_defence(spec: DefenceSpec, ctx: TrainContext) -> TrainOutcome:
     """
     from art_jacreg.models import mnist_cnn
 
-    model = mnist_cnn(seed=ctx.seed)
     adapter = _ADAPTERS[spec.trainer]
     logger.info("training %s (%s, %d epochs)", spec.name, spec.trainer, ctx.epochs)
     with seeded(ctx.seed), _quiet_streams(not ctx.verbose):
+        model = mnist_cnn(seed=ctx.seed)  # inside `seeded`: the caller's global torch generator is left alone
         start = time.perf_counter()
         details = adapter(spec, ctx, model)
         seconds = time.perf_counter() - start
     model.eval()
-    train_eps = None if spec.norm is None else ctx.train_eps[_norm_key(spec.norm)]
+    # JR has no attack and no eps: its threat norm only selects the regulariser.
+    train_eps = None if spec.norm is None or spec.trainer == "jr" else ctx.train_eps[_norm_key(spec.norm)]
     return TrainOutcome(model, seconds, train_eps, list(ADAPTATIONS[spec.trainer]), details)
 
 

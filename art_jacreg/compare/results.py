@@ -141,7 +141,12 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     head += [f"cert l2 {e:g}" for e in cert_l2] + [f"cert l∞ {e:g}" for e in cert_inf]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        against = "—" if row.get("norm") is None else f"{_norm_label(row['norm'])} {row.get('train_eps', 0):g}"
+        if row.get("norm") is None:
+            against = "—"
+        elif row.get("train_eps") is None:
+            against = f"{_norm_label(row['norm'])} (no eps)"
+        else:
+            against = f"{_norm_label(row['norm'])} {row['train_eps']:g}"
         if row.get("status") != "ok":
             message = str(row.get("error", "")).replace("|", "/").splitlines()[0][:160] if row.get("error") else ""
             cells = [row["defence"], against, "–", "–", f"**error** ({row.get('stage', '?')}): {message}"]
@@ -161,8 +166,9 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"Gaps: loss gap = test − train (cross-entropy), accuracy gap = train − test; robust = under the attack at l2 "
         f"{ref2:g} / l∞ {refi:g} on {protocol['n_attack']} train and test points. ‖J‖ are means over "
-        f"{protocol['n_jacobian']} points. BFT = Bartlett-Foster-Telgarsky margin-bound term R_A‖X‖_F/(γn) "
-        "(log factors omitted); it bounds an error in [0, 1], so a value above 1 is vacuous.",
+        f"{protocol['n_jacobian']} points. BFT = Bartlett-Foster-Telgarsky margin-bound term R_A‖X‖_F/(γn) with γ the "
+        "10% quantile of the positive training margins (log factors omitted); added to the fraction of training points "
+        "below γ it bounds the test error, a number in [0, 1]: above 1 the bound is vacuous.",
         "",
     ]
     head2 = ["defence", "‖J‖_F train", "‖J‖_F test", "‖J‖₁,₁ train", "‖J‖₁,₁ test", "loss gap", "acc gap",
@@ -176,11 +182,12 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         gen = row.get("generalization", {})
         bft = gen.get("margin_bound")
         if bft is None or not math.isfinite(bft):
-            bft_text = "n/a (margin γ ≤ 0): vacuous"
+            bft_text = "n/a (no positive margin): vacuous"
         else:
             bft_text = f"{bft:.3g}" + (" (vacuous)" if gen.get("vacuous") else "")
         cells = [row["defence"]]
-        cells += [_fmt(_get(row, "jacobian", part, key), 2) for key in ("frobenius", "l11") for part in ("train", "test")]
+        for key in ("frobenius", "l11"):
+            cells += [_fmt(_get(row, "jacobian", part, key), 2) for part in ("train", "test")]
         cells += [_fmt(_get(row, "gaps", "standard", "loss_gap")), _fmt(_get(row, "gaps", "standard", "accuracy_gap"))]
         for key in ("robust_2", "robust_inf"):
             cells += [_fmt(_get(row, "gaps", key, "loss_gap")), _fmt(_get(row, "gaps", key, "accuracy_gap"))]
