@@ -186,13 +186,30 @@ class JacobianBoundReporter(PyTorchClassifier):
     # ------------------------------------------------------------------ helpers
 
     def _network(self) -> Any:
-        """Build the certifiable network from the current model and preprocessing (raises if unsupported)."""
+        """The certifiable network of the current model and preprocessing (raises if unsupported).
+
+        Cached, keyed on the identity, storage and version counter of every parameter and buffer (optimizer steps,
+        ``load_state_dict`` and BatchNorm statistics updates all bump it) and on the preprocessing, so the network
+        and the layer norms the certifiers cache on it are reused until the weights change.
+        """
         from art_jacreg.certify import build_network
 
         _art.check_pytorch_classifier(self, name="classifier")
         affine = _art.preprocessing_affine(self)
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        key = (
+            id(self.model),
+            tuple((id(t), t._version, t.data_ptr()) for t in tensors),
+            tuple(self.input_shape),
+            None if affine is None else tuple(np.asarray(a).tobytes() for a in affine),
+        )
+        cached = getattr(self, "_network_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         with _art.model_mode(self.model, False):
-            return build_network(self.model, tuple(self.input_shape), preprocessing=affine)
+            net = build_network(self.model, tuple(self.input_shape), preprocessing=affine)
+        self._network_cache = (key, net)
+        return net
 
     def _clip(self) -> tuple[np.ndarray, np.ndarray] | None:
         if self.clip_values is None:

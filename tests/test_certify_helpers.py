@@ -43,6 +43,7 @@ class Normalized(nn.Module):
     def __init__(self, model: nn.Module, mean: float = MEAN, std: float = STD) -> None:
         super().__init__()
         self.model, self.mean, self.std = model, mean, std
+        self.eval()  # torchattacks restores train mode on the whole tree if the wrapper was left in train mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model((x - self.mean) / self.std)

@@ -218,6 +218,24 @@ def test_verbose_false_prints_nothing_and_true_shows_progress(data, capsys):
     assert "certify" in capsys.readouterr().err
 
 
+def test_network_is_cached_until_the_weights_change(data, monkeypatch):
+    import art_jacreg.certify as certify
+
+    x, y = data
+    calls = []
+    original = certify.build_network
+    monkeypatch.setattr(certify, "build_network", lambda *a, **k: calls.append(1) or original(*a, **k))
+    rep = _reporter()
+    rep.certify(x[:2], method="lipschitz")
+    rep.predict_bounds(x[:2], 0.1, method="lipschitz")
+    assert len(calls) == 1
+    rep.fit(x, y, nb_epochs=1, batch_size=6)  # an optimizer step changes the weights in place
+    pred, radius = rep.certify(x[:2], method="lipschitz")
+    assert len(calls) == 2
+    fresh = _reporter(rep.model)
+    np.testing.assert_array_equal(radius, fresh.certify(x[:2], method="lipschitz")[1])
+
+
 # ----------------------------------------------------------------------------------- validation
 
 
