@@ -122,16 +122,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train art_jacreg.models.mnist_cnn with JacobianRegularizedTrainer and save the state_dict "
         "(loadable with torch.load(weights_only=True)). --reg-weight 0 is plain cross-entropy training.",
     )
-    train.add_argument("--norm", type=_norm, default=2.0, help="threat norm of the regulariser: 2 (||J||_F^2) or inf "
-                       "(||J||_{1,1}); default 2")
-    train.add_argument("--reg-weight", type=_nonneg_float, default=None,
-                       help="regularisation weight >= 0 (default: the trainer's default for the norm; 0 = plain)")
+    train.add_argument(
+        "--norm",
+        type=_norm,
+        default=2.0,
+        help="threat norm of the regulariser: 2 (||J||_F^2) or inf (||J||_{1,1}); default 2",
+    )
+    train.add_argument(
+        "--reg-weight",
+        type=_nonneg_float,
+        default=None,
+        help="regularisation weight >= 0 (default: the trainer's default for the norm; 0 = plain)",
+    )
     train.add_argument("--epochs", type=_positive_int, default=10, help="training epochs (default 10)")
     train.add_argument("--batch-size", type=_positive_int, default=128, help="mini-batch size (default 128)")
     train.add_argument("--lr", type=_lr, default=1e-3, help="Adam learning rate (default 1e-3)")
     train.add_argument("--n-train", type=_positive_int, default=None, help="train on the first N digits only")
-    train.add_argument("--out", metavar="PATH", default="model.pt", help="where to save the state_dict "
-                       "(default model.pt)")
+    train.add_argument(
+        "--out", metavar="PATH", default="model.pt", help="where to save the state_dict (default model.pt)"
+    )
     train.add_argument("--seed", type=int, default=0, help="seed of the weights and of the training (default 0)")
     _add_data(train)
     _add_common(train)
@@ -144,10 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model(certify)
     certify.add_argument("--norm", type=_norm, default=2.0, help="2 or inf (default 2)")
-    certify.add_argument("--eps", type=_eps, nargs="+", default=None,
-                         help="radii for certified accuracy (default 0.1 0.3 for l2, 0.01 0.02 for inf)")
-    certify.add_argument("--method", choices=("lipschitz", "interval", "linear"), default="interval",
-                         help="certification method, loose and fast to tight and slow (default interval)")
+    certify.add_argument(
+        "--eps",
+        type=_eps,
+        nargs="+",
+        default=None,
+        help="radii for certified accuracy (default 0.1 0.3 for l2, 0.01 0.02 for inf)",
+    )
+    certify.add_argument(
+        "--method",
+        choices=("lipschitz", "interval", "linear"),
+        default="interval",
+        help="certification method, loose and fast to tight and slow (default interval)",
+    )
     certify.add_argument("--n", type=_positive_int, default=200, help="number of test digits (default 200)")
     certify.add_argument("--batch-size", type=_positive_int, default=128, help="samples per batch (default 128)")
     _add_data(certify)
@@ -162,17 +180,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(report)
     report.add_argument("--eps", type=_eps, default=None, help="radius (default 1.0 for l2, 0.1 for inf)")
     report.add_argument("--norm", type=_norm, default=2.0, help="2 or inf (default 2)")
-    report.add_argument("--attack", choices=("apgd", "autoattack", "torchattacks", "pgd"), default="apgd",
-                        help="attack for the empirical columns (default apgd)")
-    report.add_argument("--method", choices=("lipschitz", "interval", "linear"), default="interval",
-                        help="certification method (default interval)")
+    report.add_argument(
+        "--attack",
+        choices=("apgd", "autoattack", "torchattacks", "pgd"),
+        default="apgd",
+        help="attack for the empirical columns (default apgd)",
+    )
+    report.add_argument(
+        "--method",
+        choices=("lipschitz", "interval", "linear"),
+        default="interval",
+        help="certification method (default interval)",
+    )
     report.add_argument("--n", type=_positive_int, default=100, help="number of test digits (default 100)")
     report.add_argument("--max-rows", type=_positive_int, default=20, help="rows shown in the table (default 20)")
     report.add_argument("--csv", metavar="PATH", default=None, help="also write the report as CSV")
     report.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON")
-    report.add_argument("--generalization", action="store_true",
-                        help="also print the generalization report (layer norms, margin bound, Jacobian norms, gaps "
-                        "at --eps on --n training and test digits)")
+    report.add_argument(
+        "--generalization",
+        action="store_true",
+        help="also print the generalization report (layer norms, margin bound, Jacobian norms, gaps "
+        "at --eps on --n training and test digits)",
+    )
     _add_data(report)
     _add_common(report)
 
@@ -184,18 +213,31 @@ def build_parser() -> argparse.ArgumentParser:
         "results.json/csv and PNG plots into a results folder (printed). Results are cached per defence, so a rerun "
         "resumes.",
     )
-    compare.add_argument("--preset", choices=("quick", "full"), default="quick",
-                         help="quick: 7 defences, 3 epochs, under 10 minutes on 2 cores (default); full: every "
-                         "defence, 10 epochs, roughly 30-45 minutes")
-    compare.add_argument("--defences", metavar="NAMES", default=None,
-                         help="comma-separated defence names replacing the preset's list (see --list-defences)")
+    compare.add_argument(
+        "--preset",
+        choices=("quick", "full"),
+        default="quick",
+        help="quick: 7 defences, 3 epochs, under 10 minutes on 2 cores (default); full: every "
+        "defence, 10 epochs, roughly 30-45 minutes",
+    )
+    compare.add_argument(
+        "--defences",
+        metavar="NAMES",
+        default=None,
+        help="comma-separated defence names replacing the preset's list (see --list-defences)",
+    )
     compare.add_argument("--list-defences", action="store_true", help="print the defence names and exit")
-    compare.add_argument("--out", metavar="DIR", default=None,
-                         help="results folder (default ./art-jacreg-results/<preset>)")
+    compare.add_argument(
+        "--out", metavar="DIR", default=None, help="results folder (default ./art-jacreg-results/<preset>)"
+    )
     compare.add_argument("--epochs", type=_positive_int, default=None, help="override the preset's epoch budget")
     compare.add_argument("--n-train", type=_positive_int, default=None, help="train on N digits (default: all)")
-    compare.add_argument("--n-attack", type=_positive_int, default=None, help="override the number of attacked "
-                         "(and certified, and Jacobian) points")
+    compare.add_argument(
+        "--n-attack",
+        type=_positive_int,
+        default=None,
+        help="override the number of attacked (and certified, and Jacobian) points",
+    )
     compare.add_argument("--attack-iter", type=_positive_int, default=None, help="override APGD iterations")
     compare.add_argument("--seed", type=int, default=None, help="override the seed (default 0)")
     compare.add_argument("--no-resume", action="store_true", help="recompute every defence, ignoring the cache")
@@ -270,10 +312,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     trainer.fit(x, y, batch_size=args.batch_size, nb_epochs=args.epochs)
     torch.save(model.state_dict(), out)
     _, pred = evaluate(classifier, x_test, y_test.argmax(1))
-    kind = "plain" if trainer.reg_weight == 0 else f"JR norm={'inf' if args.norm == math.inf else 2} " \
-        f"reg_weight={trainer.reg_weight:g}"
-    print(f"trained mnist_cnn ({kind}, {args.epochs} epochs on {len(x)} digits); test accuracy "
-          f"{(pred == y_test.argmax(1)).mean():.4f} on {len(x_test)} digits")
+    kind = (
+        "plain"
+        if trainer.reg_weight == 0
+        else f"JR norm={'inf' if args.norm == math.inf else 2} reg_weight={trainer.reg_weight:g}"
+    )
+    print(
+        f"trained mnist_cnn ({kind}, {args.epochs} epochs on {len(x)} digits); test accuracy "
+        f"{(pred == y_test.argmax(1)).mean():.4f} on {len(x_test)} digits"
+    )
     print(f"saved state_dict to {out}")
     return 0
 
@@ -314,8 +361,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     (x_train, y_train), (x_test, y_test), _, _ = _load_data(args.data)
     eps = args.eps if args.eps is not None else (1.0 if args.norm == 2 else 0.1)
     reporter = JacobianBoundReporter.from_classifier(classifier, verbose=not args.quiet)
-    report = reporter.report(x_test[: args.n], y_test[: args.n], eps, norm=args.norm, attack=args.attack,
-                             method=args.method)
+    report = reporter.report(
+        x_test[: args.n], y_test[: args.n], eps, norm=args.norm, attack=args.attack, method=args.method
+    )
     print(report.to_markdown(max_rows=args.max_rows))
     if args.csv:
         report.to_csv(args.csv)
@@ -328,8 +376,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
         key = "2" if args.norm == 2 else "inf"
         gen = generalization_report(
-            classifier, x_train[: args.n], y_train[: args.n], x_test[: args.n], y_test[: args.n], eps={key: eps},
-            attack="autoattack", attack_params={"max_iter": 20},
+            classifier,
+            x_train[: args.n],
+            y_train[: args.n],
+            x_test[: args.n],
+            y_test[: args.n],
+            eps={key: eps},
+            attack="autoattack",
+            attack_params={"max_iter": 20},
         )
         print(gen.to_markdown())
     return 0
@@ -357,8 +411,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         if not Path(args.data).exists():
             raise CLIError(f"--data: no such file or directory: {args.data}")
         changes["data_path"] = str(Path(args.data).resolve())
-    for option, fieldname in (("epochs", "epochs"), ("n_train", "n_train"), ("attack_iter", "attack_iter"),
-                              ("seed", "seed")):
+    for option, fieldname in (
+        ("epochs", "epochs"),
+        ("n_train", "n_train"),
+        ("attack_iter", "attack_iter"),
+        ("seed", "seed"),
+    ):
         if getattr(args, option) is not None:
             changes[fieldname] = getattr(args, option)
     if args.n_attack is not None:
@@ -366,14 +424,20 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     protocol = protocol.replace(**changes)
     _set_threads(args)
     result = run_comparison(
-        protocol, out_dir=args.out, resume=not args.no_resume, quiet=args.quiet, plots=not args.no_plots,
+        protocol,
+        out_dir=args.out,
+        resume=not args.no_resume,
+        quiet=args.quiet,
+        plots=not args.no_plots,
         threads=args.threads,
     )
     failed = [row["defence"] for row in result.rows if row["status"] != "ok"]
     if failed:
         print(f"{len(failed)} defence(s) failed (see their rows): {', '.join(failed)}", file=sys.stderr)
-    print(f"computed {len(result.recomputed)}, loaded {len(result.rows) - len(result.recomputed)} from cache, "
-          f"{result.seconds:.0f} s")
+    print(
+        f"computed {len(result.recomputed)}, loaded {len(result.rows) - len(result.recomputed)} from cache, "
+        f"{result.seconds:.0f} s"
+    )
     print(f"results written to: {result.out_dir.resolve()}")
     return 0
 

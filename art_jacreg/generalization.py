@@ -371,8 +371,10 @@ class GeneralizationReport:
         vacuous = not (total <= LOSS_RANGE)
         notes = []
         if not positive.size:
-            notes.append("No training point is classified correctly, so no positive margin exists and the margin "
-                         "bound cannot be evaluated: it is vacuous.")
+            notes.append(
+                "No training point is classified correctly, so no positive margin exists and the margin "
+                "bound cannot be evaluated: it is vacuous."
+            )
         elif vacuous:
             notes.append(
                 f"VACUOUS: the margin bound, empirical margin loss {violations:.3g} + complexity term R_A ||X||_F / "
@@ -502,8 +504,16 @@ def generalization_report(
         norm = _art.validate_norm(key, name="eps key")
         norm_key = "inf" if norm == np.inf else "2"
         robust[norm_key] = empirical_gap(
-            classifier, x_train, y_train, x_test, y_test, _art.validate_eps(value, allow_zero=False), norm, attack,
-            attack_params, seed,
+            classifier,
+            x_train,
+            y_train,
+            x_test,
+            y_test,
+            _art.validate_eps(value, allow_zero=False),
+            norm,
+            attack,
+            attack_params,
+            seed,
         )
     return GeneralizationReport.build(
         layers=layer_norms(classifier),

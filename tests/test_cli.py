@@ -36,8 +36,20 @@ def test_train_saves_a_state_dict_loadable_with_weights_only(model_path):
 
 
 def test_certify_prints_median_radius_and_certified_accuracy(model_path):
-    res = _run("certify", str(model_path), "--norm", "inf", "--eps", "0.001", "0.5", "--n", "16", "--method",
-               "lipschitz", "--quiet")
+    res = _run(
+        "certify",
+        str(model_path),
+        "--norm",
+        "inf",
+        "--eps",
+        "0.001",
+        "0.5",
+        "--n",
+        "16",
+        "--method",
+        "lipschitz",
+        "--quiet",
+    )
     assert res.returncode == 0, res.stderr
     assert "median certified radius" in res.stdout
     lines = {line.split(":")[0].strip(): line.split(":")[1].strip() for line in res.stdout.splitlines() if ":" in line}
@@ -48,8 +60,20 @@ def test_certify_prints_median_radius_and_certified_accuracy(model_path):
 def test_report_prints_markdown_and_writes_csv_json(model_path, tmp_path):
     csv_path, json_path = tmp_path / "r.csv", tmp_path / "r.json"
     res = _run(
-        "report", str(model_path), "--eps", "0.5", "--n", "8", "--method", "lipschitz", "--csv", str(csv_path),
-        "--json", str(json_path), "--generalization", "--quiet",
+        "report",
+        str(model_path),
+        "--eps",
+        "0.5",
+        "--n",
+        "8",
+        "--method",
+        "lipschitz",
+        "--csv",
+        str(csv_path),
+        "--json",
+        str(json_path),
+        "--generalization",
+        "--quiet",
     )
     assert res.returncode == 0, res.stderr
     assert "|" in res.stdout and "Generalization report" in res.stdout
@@ -60,15 +84,35 @@ def test_report_prints_markdown_and_writes_csv_json(model_path, tmp_path):
 
 def test_compare_runs_resumes_and_lists_defences(tmp_path):
     out = tmp_path / "res"
-    args = ["compare", "--defences", "plain,jr-linf-0.001", "--n-train", "200", "--epochs", "1", "--n-attack", "16",
-            "--attack-iter", "1", "--out", str(out), "--quiet"]
+    args = [
+        "compare",
+        "--defences",
+        "plain,jr-linf-0.001",
+        "--n-train",
+        "200",
+        "--epochs",
+        "1",
+        "--n-attack",
+        "16",
+        "--attack-iter",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     first = _run(*args)
     assert first.returncode == 0, first.stderr
     assert f"results written to: {out.resolve()}" in first.stdout
     assert "computed 2, loaded 0" in first.stdout
     assert first.stderr.strip() == ""  # --quiet: no progress bars, no log lines
-    for name in ("summary.md", "results.json", "results.csv", "robust_accuracy_vs_eps.png",
-                 "robust_accuracy_vs_training_time.png", "jacobian_norm_vs_robust_gap.png"):
+    for name in (
+        "summary.md",
+        "results.json",
+        "results.csv",
+        "robust_accuracy_vs_eps.png",
+        "robust_accuracy_vs_training_time.png",
+        "jacobian_norm_vs_robust_gap.png",
+    ):
         assert (out / name).is_file(), name
     next((out / "cache").glob("plain-*.json")).unlink()
     second = _run(*args)

@@ -41,9 +41,20 @@ def mnist():
 
 def _tiny(**changes):
     base = dict(
-        name="tiny", defences=("plain", "fgsm", "jr-l2-0.01"), n_train=256, n_test=100, n_attack=24, n_certify=24,
-        n_jacobian=24, epochs=1, batch_size=64, attack_iter=2, eps_l2=(0.5, 1.0), eps_linf=(0.05, 0.1),
-        cert_eps_l2=(0.1,), cert_eps_linf=(0.01,),
+        name="tiny",
+        defences=("plain", "fgsm", "jr-l2-0.01"),
+        n_train=256,
+        n_test=100,
+        n_attack=24,
+        n_certify=24,
+        n_jacobian=24,
+        epochs=1,
+        batch_size=64,
+        attack_iter=2,
+        eps_l2=(0.5, 1.0),
+        eps_linf=(0.05, 0.1),
+        cert_eps_l2=(0.1,),
+        cert_eps_linf=(0.01,),
     )
     base.update(changes)
     return Protocol(**base)

@@ -44,8 +44,10 @@ ADAPTATIONS: dict[str, list[str]] = {
         "eps, eps_step set for [0, 1] inputs (ART's defaults eps=8, eps_step=2 assume 0-255 pixels)",
         "nb_epochs/batch_size passed explicitly to fit (ART's default nb_epochs=205)",
     ],
-    "pgd": ["AdversarialTrainer(ProjectedGradientDescent, ratio=1.0): Madry's PGD training in l2, which "
-            "AdversarialTrainerMadryPGD cannot do (it has no norm parameter)"],
+    "pgd": [
+        "AdversarialTrainer(ProjectedGradientDescent, ratio=1.0): Madry's PGD training in l2, which "
+        "AdversarialTrainerMadryPGD cannot do (it has no norm parameter)"
+    ],
     "trades": [
         "model wrapped in a non-Sequential nn.Module (TRADES reads accuracy from _model(x)[0], the first layer's "
         "output for nn.Sequential, and crashes)",
@@ -497,13 +499,23 @@ def _builtin() -> None:
     ]
     for weight in (0.001, 0.01, 0.1):
         specs.append(
-            DefenceSpec(f"jr-l2-{weight:g}", "jr", 2.0, {"reg_weight": weight, "n_projections": 1},
-                        f"Jacobian regularization, ||J||_F^2, weight {weight:g} (1 random projection)")
+            DefenceSpec(
+                f"jr-l2-{weight:g}",
+                "jr",
+                2.0,
+                {"reg_weight": weight, "n_projections": 1},
+                f"Jacobian regularization, ||J||_F^2, weight {weight:g} (1 random projection)",
+            )
         )
     for weight in (0.0003, 0.001, 0.003):
         specs.append(
-            DefenceSpec(f"jr-linf-{weight:g}", "jr", inf, {"reg_weight": weight, "n_rows": 1},
-                        f"Jacobian regularization, ||J||_11, weight {weight:g} (1 sampled row)")
+            DefenceSpec(
+                f"jr-linf-{weight:g}",
+                "jr",
+                inf,
+                {"reg_weight": weight, "n_rows": 1},
+                f"Jacobian regularization, ||J||_11, weight {weight:g} (1 sampled row)",
+            )
         )
     for spec in specs:
         register_defence(spec)

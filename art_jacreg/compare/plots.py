@@ -65,16 +65,19 @@ def _robust_vs_eps(plt: Any, rows: list[dict[str, Any]], path: Path) -> None:
 def _robust_vs_time(plt: Any, rows: list[dict[str, Any]], meta: dict[str, Any], path: Path) -> None:
     protocol = meta["protocol"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, ref, title in ((axes[0], "2", protocol["ref_eps_l2"], "l2"),
-                                (axes[1], "inf", protocol["ref_eps_linf"], "l∞")):
+    for ax, key, ref, title in (
+        (axes[0], "2", protocol["ref_eps_l2"], "l2"),
+        (axes[1], "inf", protocol["ref_eps_linf"], "l∞"),
+    ):
         for row in rows:
             acc = row["robust_accuracy"].get(key, {}).get(f"{ref:g}")
             if acc is None or row.get("train_seconds") is None:
                 continue
             style = _style(row)
             ax.scatter(row["train_seconds"], acc, marker=style["marker"], color=style.get("color"), label=_label(row))
-            ax.annotate(row["defence"], (row["train_seconds"], acc), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(
+                row["defence"], (row["train_seconds"], acc), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
         ax.set_xscale("log")
         ax.set_xlabel("training time (s, log scale)")
         ax.set_ylabel(f"accuracy under AutoAttack, {title} eps {ref:g}")
@@ -87,8 +90,10 @@ def _robust_vs_time(plt: Any, rows: list[dict[str, Any]], meta: dict[str, Any], 
 
 def _jacobian_vs_gap(plt: Any, rows: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, gap_key, jac_key, title in ((axes[0], "robust_2", "frobenius", "l2, ‖J‖_F"),
-                                        (axes[1], "robust_inf", "l11", "l∞, ‖J‖₁,₁")):
+    for ax, gap_key, jac_key, title in (
+        (axes[0], "robust_2", "frobenius", "l2, ‖J‖_F"),
+        (axes[1], "robust_inf", "l11", "l∞, ‖J‖₁,₁"),
+    ):
         for row in rows:
             gap = row.get("gaps", {}).get(gap_key)
             jac = row.get("jacobian", {}).get("test", {}).get(jac_key)

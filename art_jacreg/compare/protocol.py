@@ -130,8 +130,8 @@ class Protocol:
 
 PRESETS: dict[str, Protocol] = {
     # Quick: the embedded MNIST (4,000 / 1,000), 7 defences (4 of ART's trainers, plain, JR l2 and l-inf), 3 epochs
-    # at batch 64, AutoAttack with 10-step APGD-CE/DLR on 150 test digits, certificates on 60. Measured: 2 epochs took
-    # 3.1 minutes on 2 shared cores (load ~4) with one torch thread; 3 epochs adds about 40 s.
+    # at batch 64, AutoAttack with 10-step APGD-CE/DLR on 150 test digits, certificates on 60. Measured 4 min 55 s
+    # wall (2 min 43 s CPU) on 2 cores shared with other jobs (load 3.5-4), one torch thread.
     "quick": Protocol(
         name="quick",
         defences=("plain", "fgsm", "madry", "trades", "fbf", "jr-l2-0.01", "jr-linf-0.001"),
@@ -143,13 +143,26 @@ PRESETS: dict[str, Protocol] = {
         attack_iter=10,
     ),
     # Full: every registered defence (14), 10 epochs at batch 64, 20-step APGD-CE/DLR on 500 test digits,
-    # certificates on 200. Estimated 30-45 minutes on 2 cores on the embedded subset (training time grows ~15x with
-    # full MNIST; cap it with n_train / --n-train).
+    # certificates on 200. Estimated from the quick run's per-epoch and per-point costs: ~17 min training + ~24 min
+    # evaluation, i.e. about 40 minutes on 2 shared cores on the embedded subset (training time grows ~15x with full
+    # MNIST; cap it with n_train / --n-train).
     "full": Protocol(
         name="full",
         defences=(
-            "plain", "fgsm", "madry", "pgd-l2", "trades", "fbf", "awp", "ibp",
-            "jr-l2-0.001", "jr-l2-0.01", "jr-l2-0.1", "jr-linf-0.0003", "jr-linf-0.001", "jr-linf-0.003",
+            "plain",
+            "fgsm",
+            "madry",
+            "pgd-l2",
+            "trades",
+            "fbf",
+            "awp",
+            "ibp",
+            "jr-l2-0.001",
+            "jr-l2-0.01",
+            "jr-l2-0.1",
+            "jr-linf-0.0003",
+            "jr-linf-0.001",
+            "jr-linf-0.003",
         ),
         n_attack=500,
         n_certify=200,
@@ -242,7 +255,9 @@ def evaluate_model(model: Any, data: EvalData, protocol: Protocol, verbose: bool
     loss_test, pred_test = evaluate(clf, data.x_test, y_test)
     loss_train, pred_train = evaluate(clf, data.x_train, y_train)
     standard = gen.Gap(
-        float(loss_train.mean()), float(loss_test.mean()), float((pred_train == y_train).mean()),
+        float(loss_train.mean()),
+        float(loss_test.mean()),
+        float((pred_train == y_train).mean()),
         float((pred_test == y_test).mean()),
     )
     n_att = min(protocol.n_attack, len(data.x_test))
@@ -260,8 +275,12 @@ def evaluate_model(model: Any, data: EvalData, protocol: Protocol, verbose: bool
             if eps == ref:
                 res_train = _accuracy_under_attack(clf, xtr, ytr, eps, norm, protocol)
                 robust_gaps[key] = gen.Gap(
-                    float(res_train.loss.mean()), float(res.loss.mean()), float(1.0 - res_train.success.mean()),
-                    float(1.0 - res.success.mean()), eps=eps, norm=key,
+                    float(res_train.loss.mean()),
+                    float(res.loss.mean()),
+                    float(1.0 - res_train.success.mean()),
+                    float(1.0 - res.success.mean()),
+                    eps=eps,
+                    norm=key,
                 )
     attack_seconds = time.perf_counter() - start
 

@@ -152,8 +152,13 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             cells = [row["defence"], against, "–", "–", f"**error** ({row.get('stage', '?')}): {message}"]
             cells += [""] * (len(head) - len(cells))
         else:
-            cells = [row["defence"], against, _fmt(row.get("seconds_per_epoch"), 1), _fmt(row.get("train_seconds"), 1),
-                     _fmt(row.get("clean_accuracy"))]
+            cells = [
+                row["defence"],
+                against,
+                _fmt(row.get("seconds_per_epoch"), 1),
+                _fmt(row.get("train_seconds"), 1),
+                _fmt(row.get("clean_accuracy")),
+            ]
             cells += [_fmt(_get(row, "robust_accuracy", "2", f"{e:g}")) for e in eps_l2]
             cells += [_fmt(_get(row, "robust_accuracy", "inf", f"{e:g}")) for e in eps_inf]
             cells += [_fmt(_get(row, "certified_accuracy", "2", f"{e:g}")) for e in cert_l2]
@@ -171,9 +176,21 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "below γ it bounds the test error, a number in [0, 1]: above 1 the bound is vacuous.",
         "",
     ]
-    head2 = ["defence", "‖J‖_F train", "‖J‖_F test", "‖J‖₁,₁ train", "‖J‖₁,₁ test", "loss gap", "acc gap",
-             f"rob. loss gap l2 {ref2:g}", f"rob. acc gap l2 {ref2:g}", f"rob. loss gap l∞ {refi:g}",
-             f"rob. acc gap l∞ {refi:g}", "∏‖A‖₂", "BFT term"]
+    head2 = [
+        "defence",
+        "‖J‖_F train",
+        "‖J‖_F test",
+        "‖J‖₁,₁ train",
+        "‖J‖₁,₁ test",
+        "loss gap",
+        "acc gap",
+        f"rob. loss gap l2 {ref2:g}",
+        f"rob. acc gap l2 {ref2:g}",
+        f"rob. loss gap l∞ {refi:g}",
+        f"rob. acc gap l∞ {refi:g}",
+        "∏‖A‖₂",
+        "BFT term",
+    ]
     lines += ["| " + " | ".join(head2) + " |", "|" + "---|" * len(head2)]
     for row in rows:
         if row.get("status") != "ok":
@@ -199,8 +216,11 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         lines.append(f"- **{row['defence']}** ({row.get('description', '')}){': ' + details if details else ''}")
         lines += [f"  - {item}" for item in row.get("adaptations", [])]
     if meta.get("total_seconds") is not None:
-        lines += ["", f"Total wall-clock time of this run: {meta['total_seconds']:.0f} s "
-                  f"({meta.get('recomputed', '?')} defences computed, {meta.get('cached', '?')} loaded from cache)."]
+        lines += [
+            "",
+            f"Total wall-clock time of this run: {meta['total_seconds']:.0f} s "
+            f"({meta.get('recomputed', '?')} defences computed, {meta.get('cached', '?')} loaded from cache).",
+        ]
     return "\n".join(lines) + "\n"
 
 

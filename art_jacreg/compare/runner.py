@@ -76,14 +76,24 @@ def _run_one(spec: DefenceSpec, protocol: Protocol, data: EvalData, verbose: boo
         "stage": "train",
     }
     ctx = TrainContext(
-        data.x_train, data.y_train, protocol.epochs, protocol.batch_size, protocol.lr, protocol.seed,
-        protocol.train_eps(), verbose=False,
+        data.x_train,
+        data.y_train,
+        protocol.epochs,
+        protocol.batch_size,
+        protocol.lr,
+        protocol.seed,
+        protocol.train_eps(),
+        verbose=False,
     )
     try:
         outcome = train_defence(spec, ctx)
         row.update(
-            train_eps=outcome.train_eps, adaptations=outcome.adaptations, details=outcome.details,
-            train_seconds=outcome.seconds, seconds_per_epoch=outcome.seconds / protocol.epochs, stage="evaluate",
+            train_eps=outcome.train_eps,
+            adaptations=outcome.adaptations,
+            details=outcome.details,
+            train_seconds=outcome.seconds,
+            seconds_per_epoch=outcome.seconds / protocol.epochs,
+            stage="evaluate",
         )
         row.update(evaluate_model(outcome.model, data, protocol, verbose=verbose))
         row["status"], row["stage"] = "ok", None
