@@ -105,16 +105,18 @@ def test_spectral_estimate_is_a_lower_estimate_close_to_svd(model: nn.Module, x:
 
 
 def test_frobenius_projection_estimate_is_unbiased() -> None:
-    # Mean of 4,000 single-projection draws per sample; the measured relative std of one draw is at most 0.24 on
-    # this model and batch, so the standard error of the mean is about 0.004: a 2% margin is 5 standard errors.
-    model = mnist_cnn(seed=2).double().eval()
+    # Mean of 10,000 single-projection draws per sample (the batch repeated 100 times, 100 projections each); the
+    # measured relative std of one draw is at most 0.54 on this model and batch, so the standard error of the mean is
+    # about 0.0054: a 3% margin is 5.5 standard errors.
+    model = mnist_mlp(seed=2, hidden=32).double().eval()
     x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     exact = frobenius_norm_sq(model, x)
     gen = torch.Generator().manual_seed(123)
-    draws = torch.stack([frobenius_norm_sq(model, x, n_projections=50, generator=gen) for _ in range(80)])
-    assert torch.all((draws.mean(dim=0) / exact - 1).abs() < 0.02)
+    many = frobenius_norm_sq(model, x.repeat(100, 1, 1, 1), n_projections=100, generator=gen).reshape(100, 4)
+    assert torch.all((many.mean(dim=0) / exact - 1).abs() < 0.03)
     # A single draw is genuinely random (not the exact value in disguise).
-    assert float(draws.std(dim=0).min()) > 0
+    single = frobenius_norm_sq(model, x.repeat(50, 1, 1, 1), n_projections=1, generator=gen).reshape(50, 4)
+    assert float((single.std(dim=0) / exact).min()) > 0.05
 
 
 def test_l11_row_sampling_is_unbiased_and_exact_with_all_rows() -> None:
