@@ -25,14 +25,6 @@ from art_jacreg.models import mnist_cnn
 ART_TRAINERS = ["fgsm", "madry", "pgd-l2", "trades", "fbf", "awp", "ibp"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def mnist():
     (x, y), (xt, yt), _, _ = load_mnist()

@@ -13,14 +13,6 @@ from art_jacreg.models import make_classifier, mnist_cnn
 from art_jacreg.norms import jacobian
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def data():
     (x, y), (xt, yt), _, _ = load_mnist()

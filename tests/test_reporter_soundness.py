@@ -35,15 +35,6 @@ ATTACKS = {"pgd": {"max_iter": 20}, "autoattack": {"max_iter": 20}, "torchattack
 EPS = {2.0: 0.5, np.inf: 0.03}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: on the shared 2-core machine, two threads per worker oversubscribe it (10x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     (x_train, y_train), (x_test, y_test), _, _ = load_mnist()

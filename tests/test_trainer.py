@@ -22,15 +22,6 @@ from art_jacreg.trainer import DEFAULT_REG_WEIGHTS, JacobianRegularizedTrainer
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One torch thread: on a loaded 2-core machine, two OpenMP threads per process are several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     (x_train, y_train), (x_test, y_test), _, _ = load_mnist()
