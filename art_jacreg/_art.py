@@ -192,18 +192,9 @@ def validate_norm(norm: Any, name: str = "norm") -> float:
     :return: ``2.0`` or ``np.inf``.
     :raises ValueError: For any other value.
     """
-    if isinstance(norm, str):
-        key = norm.strip().lower()
-        if key in ("2", "l2"):
-            return 2.0
-        if key in ("inf", "linf", "l-inf", "l_inf", "np.inf"):
-            return float(np.inf)
-    elif isinstance(norm, numbers.Real) and not isinstance(norm, bool):
-        if float(norm) == 2.0:
-            return 2.0
-        if float(norm) == np.inf:
-            return float(np.inf)
-    raise ValueError(f"`{name}` must be 2 or np.inf (also accepted: 'l2', 'inf', 'linf'), got {norm!r}.")
+    from art_jacreg.certify._common import validate_norm as _validate_norm
+
+    return _validate_norm(norm, name=name)
 
 
 def validate_positive_int(value: Any, name: str, minimum: int = 1) -> int:

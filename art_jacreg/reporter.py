@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from art_jacreg import _art
 from art_jacreg.attacks import evaluate, run_attack, validate_attack
+from art_jacreg.certify._common import METHODS, validate_method
 from art_jacreg.report import BoundReport
 
 if TYPE_CHECKING:
@@ -67,24 +68,6 @@ def _restoring_modes(method: _F) -> _F:
                 m.training = mode
 
     return wrapper  # type: ignore[return-value]
-
-
-#: Certification methods, from loose and fast to tight and slower; all are sound.
-METHODS = ("lipschitz", "interval", "linear")
-
-
-def validate_method(method: Any, name: str = "method") -> str:
-    """Check a certification method name.
-
-    :param method: One of :data:`METHODS`.
-    :param name: Argument name used in error messages.
-    :return: The method name.
-    :raises ValueError: For an unknown method.
-    """
-    key = method.strip().lower() if isinstance(method, str) else method
-    if key not in METHODS:
-        raise ValueError(f"`{name}` must be one of {', '.join(repr(m) for m in METHODS)}, got {method!r}.")
-    return key
 
 
 class JacobianBoundReporter(PyTorchClassifier):

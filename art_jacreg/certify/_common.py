@@ -17,10 +17,12 @@ __all__ = ["METHODS", "InputSet", "validate_norm", "validate_method", "validate_
 METHODS = ("lipschitz", "interval", "linear")
 
 
-def validate_norm(norm: Any) -> float:
-    """Normalise ``norm`` to ``2.0`` or ``math.inf``.
+def validate_norm(norm: Any, name: str = "norm") -> float:
+    """Normalise ``norm`` to ``2.0`` or ``math.inf`` (the single implementation; :func:`art_jacreg._art.validate_norm`
+    delegates here).
 
     :param norm: ``2``, ``np.inf`` or one of the strings ``"2"``, ``"l2"``, ``"inf"``, ``"linf"``.
+    :param name: Argument name used in error messages.
     :return: ``2.0`` or ``math.inf``.
     :raises ValueError: For any other value.
     """
@@ -33,19 +35,20 @@ def validate_norm(norm: Any) -> float:
     elif isinstance(norm, numbers.Real) and not isinstance(norm, bool):
         if float(norm) in (2.0, math.inf):
             return float(norm)
-    raise ValueError(f"`norm` must be 2 or np.inf (also 'l2', 'inf', 'linf'), got {norm!r}.")
+    raise ValueError(f"`{name}` must be 2 or np.inf (also accepted: 'l2', 'inf', 'linf'), got {norm!r}.")
 
 
-def validate_method(method: Any) -> str:
+def validate_method(method: Any, name: str = "method") -> str:
     """Check the certification method name.
 
     :param method: ``"lipschitz"``, ``"interval"`` or ``"linear"``.
+    :param name: Argument name used in error messages.
     :return: The lower-cased name.
     :raises ValueError: For any other value.
     """
     key = method.strip().lower() if isinstance(method, str) else method
     if key not in METHODS:
-        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+        raise ValueError(f"`{name}` must be one of {', '.join(repr(m) for m in METHODS)}, got {method!r}.")
     return key
 
 
