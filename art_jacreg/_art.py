@@ -30,6 +30,7 @@ __all__ = [
     "validate_norm",
     "validate_positive_int",
     "model_mode",
+    "seeded",
 ]
 
 
@@ -225,3 +226,26 @@ def model_mode(module: torch.nn.Module, training: bool) -> Iterator[torch.nn.Mod
     finally:
         for m, mode in previous.items():
             m.training = mode
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed Python's, numpy's and torch's global generators (ART's trainers use them) and restore them afterwards.
+
+    :param seed: The seed.
+    :return: A context manager.
+    """
+    import random
+
+    import torch
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)

@@ -18,14 +18,12 @@ Supported attacks: ``"apgd"`` (ART ``AutoProjectedGradientDescent``, cross-entro
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from art_jacreg._art import logits_function, model_mode
+from art_jacreg._art import logits_function, model_mode, seeded
 
 if TYPE_CHECKING:
     import torch
@@ -126,21 +124,6 @@ def evaluate(classifier: PyTorchClassifier, x: np.ndarray, y: np.ndarray) -> tup
             losses.append(torch.nn.functional.cross_entropy(logits, labels, reduction="none").double().cpu().numpy())
             preds.append(logits.argmax(dim=1).cpu().numpy().astype(np.int64))
     return np.concatenate(losses), np.concatenate(preds)
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed numpy's and torch's global generators for a block, restoring their previous states afterwards."""
-    import torch
-
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            yield
-    finally:
-        np.random.set_state(state)
 
 
 def _art_apgd(classifier: PyTorchClassifier, eps: float, norm: float, n: int, loss_type: str, params: dict) -> Any:
@@ -266,7 +249,7 @@ def run_attack(
         sl = slice(start, start + batch_size)
         cands: list[np.ndarray] = []
         if eps > 0:
-            with _seeded(seed + start):
+            with seeded(seed + start):
                 cands = _candidates(attack, classifier, x[sl], y[sl], eps, norm, params)
         for cand in cands:
             cand = project(cand, x[sl], eps, norm, clip)

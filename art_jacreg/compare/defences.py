@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from art_jacreg._art import seeded
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -437,29 +439,6 @@ _ADAPTERS: dict[str, Callable[[DefenceSpec, TrainContext, Any], dict[str, Any]]]
     "ibp": _train_ibp,
     "jr": _train_jr,
 }
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed Python's, numpy's and torch's global generators (ART's trainers use them) and restore them afterwards.
-
-    :param seed: The seed.
-    :return: A context manager.
-    """
-    import random
-
-    import torch
-
-    py_state, np_state = random.getstate(), np.random.get_state()
-    random.seed(seed)
-    np.random.seed(seed)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
 
 
 def train_defence(spec: DefenceSpec, ctx: TrainContext) -> TrainOutcome:
