@@ -32,6 +32,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+#: Mirrors of ``art_jacreg.certify.METHODS`` and ``art_jacreg.attacks.ATTACKS``, kept here so that ``--help`` does not
+#: import torch; a test checks they stay equal.
+METHOD_CHOICES = ("lipschitz", "interval", "linear")
+ATTACK_CHOICES = ("apgd", "autoattack", "torchattacks", "pgd")
+
+
 def _positive_float(text: str, what: str = "value") -> float:
     try:
         value = float(text)
@@ -87,6 +93,15 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="torch intra-op threads (default 1: the model is small, and oversubscribed cores make torch's "
         "default multi-threading many times slower)",
+    )
+
+
+def _add_method(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--method",
+        choices=METHOD_CHOICES,
+        default="interval",
+        help="certification method, loose and fast to tight and slow (default interval)",
     )
 
 
@@ -160,12 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="radii for certified accuracy (default 0.1 0.3 for l2, 0.01 0.02 for inf)",
     )
-    certify.add_argument(
-        "--method",
-        choices=("lipschitz", "interval", "linear"),
-        default="interval",
-        help="certification method, loose and fast to tight and slow (default interval)",
-    )
+    _add_method(certify)
     certify.add_argument("--n", type=_positive_int, default=200, help="number of test digits (default 200)")
     certify.add_argument("--batch-size", type=_positive_int, default=128, help="samples per batch (default 128)")
     _add_data(certify)
@@ -182,16 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--norm", type=_norm, default=2.0, help="2 or inf (default 2)")
     report.add_argument(
         "--attack",
-        choices=("apgd", "autoattack", "torchattacks", "pgd"),
+        choices=ATTACK_CHOICES,
         default="apgd",
         help="attack for the empirical columns (default apgd)",
     )
-    report.add_argument(
-        "--method",
-        choices=("lipschitz", "interval", "linear"),
-        default="interval",
-        help="certification method (default interval)",
-    )
+    _add_method(report)
     report.add_argument("--n", type=_positive_int, default=100, help="number of test digits (default 100)")
     report.add_argument("--max-rows", type=_positive_int, default=20, help="rows shown in the table (default 20)")
     report.add_argument("--csv", metavar="PATH", default=None, help="also write the report as CSV")

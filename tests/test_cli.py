@@ -180,3 +180,12 @@ def test_every_command_documents_every_option():
             assert action.help, f"{name} {action.dest} has no help"
         text = sub.format_help()
         assert "--quiet" in text and "--threads" in text
+
+
+def test_cli_choices_mirror_the_library() -> None:
+    from art_jacreg import cli
+    from art_jacreg.attacks import ATTACKS
+    from art_jacreg.certify import METHODS
+
+    assert cli.METHOD_CHOICES == METHODS
+    assert cli.ATTACK_CHOICES == ATTACKS
