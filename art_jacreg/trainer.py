@@ -32,7 +32,7 @@ from art.estimators.classification.pytorch import PyTorchClassifier
 from tqdm.auto import trange
 
 from art_jacreg import _art
-from art_jacreg.norms import frobenius_norm_sq, frobenius_norm_sq_from_logits, l11_norm, l11_norm_from_logits
+from art_jacreg.norms import frobenius_norm_sq_from_logits, l11_norm_from_logits
 
 logger = logging.getLogger(__name__)
 
@@ -355,7 +355,9 @@ class JacobianRegularizedTrainer(Trainer):
         with _art.model_mode(self._classifier._model, False):
             for start in range(0, x_arr.shape[0], batch_size):
                 x_t = torch.from_numpy(x_arr[start : start + batch_size]).to(self._classifier.device)
-                out.append(self._regularizer(func, x_t, create_graph=False, exact=exact).detach().cpu().numpy())
+                x_t.requires_grad_(True)
+                reg = self._regularizer_from_logits(x_t, func(x_t), create_graph=False, exact=exact)
+                out.append(reg.detach().cpu().numpy())
         return np.concatenate(out)
 
     # ------------------------------------------------------------------ the one training loop
@@ -482,25 +484,19 @@ class JacobianRegularizedTrainer(Trainer):
             correct = int((logits.argmax(dim=1) == y_t).sum().item())
         return float(loss.item()), float(ce.item()), None if reg is None else float(reg.item()), correct
 
-    def _regularizer(
-        self, func: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, create_graph: bool, exact: bool
+    def _regularizer_from_logits(
+        self, x: torch.Tensor, logits: torch.Tensor, create_graph: bool = True, exact: bool = False
     ) -> torch.Tensor:
-        """Per-sample regulariser ``(B,)``: exact, or the configured estimator."""
+        """Per-sample regulariser ``(B,)`` from a forward pass (``x`` requires grad): exact, or the configured
+        estimator; differentiable w.r.t. the weights when ``create_graph``.
+        """
         if self.norm == 2:
             n_proj = None if exact else self.n_projections
-            return frobenius_norm_sq(
-                func, x, n_projections=n_proj, create_graph=create_graph, generator=self._torch_gen
+            return frobenius_norm_sq_from_logits(
+                x, logits, n_projections=n_proj, create_graph=create_graph, generator=self._torch_gen
             )
         n_rows = None if exact else self.n_rows
-        return l11_norm(func, x, n_rows=n_rows, create_graph=create_graph, generator=self._torch_gen)
-
-    def _regularizer_from_logits(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Per-sample configured regulariser estimate ``(B,)`` from a shared forward pass, differentiable."""
-        if self.norm == 2:
-            return frobenius_norm_sq_from_logits(
-                x, logits, n_projections=self.n_projections, create_graph=True, generator=self._torch_gen
-            )
-        return l11_norm_from_logits(x, logits, n_rows=self.n_rows, create_graph=True, generator=self._torch_gen)
+        return l11_norm_from_logits(x, logits, n_rows=n_rows, create_graph=create_graph, generator=self._torch_gen)
 
     def _accuracy(self, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> float:
         """Clean accuracy of the current model in evaluation mode (previous mode restored)."""
