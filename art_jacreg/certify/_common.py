@@ -146,6 +146,16 @@ class InputSet:
         """``eps`` reshaped to broadcast against ``t`` of shape ``(B, ...)``."""
         return self.eps.reshape(-1, *([1] * (t.ndim - 1)))
 
+    def deviation(self, p: float) -> torch.Tensor:
+        """Per-sample upper bound on ``||x' - x||_p`` over the set, ``p`` in ``{2, inf}`` (any of the two norms).
+
+        :param p: The norm to measure the deviation in.
+        :return: ``(B,)``; ``eps`` or less in the set's own norm, the box's bound in the other.
+        """
+        box = torch.maximum(self.hi - self.x, self.x - self.lo).flatten(1)
+        dev = box.amax(dim=1) if p == math.inf else box.norm(dim=1)
+        return torch.minimum(dev, self.eps) if p == self.norm else dev
+
     def subset(self, idx: torch.Tensor) -> InputSet:
         """The input set of the samples ``idx``."""
         return InputSet(self.x[idx], self.eps[idx], self.norm, self.lo[idx], self.hi[idx])

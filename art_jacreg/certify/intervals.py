@@ -3,9 +3,10 @@
 Two methods, both returning a :class:`Bounds` with lower/upper bounds on ``h_0, ..., h_n`` (``h_0`` the raw input,
 ``h_i`` the input of operation ``i``, ``h_n`` the logits):
 
-* :func:`interval_bounds` -- interval bound propagation (IBP). For ``p = 2`` the first Linear/Conv reached through
-  element-wise affine operations only is bounded exactly as ``W x ± eps ||W_row||_2`` and intersected with the
-  interval of the box ``[max(x - eps, lo), min(x + eps, hi)]`` (which contains the ball-and-box set).
+* :func:`interval_bounds` -- interval bound propagation (IBP) from the box ``[max(x - eps, lo), min(x + eps, hi)]``
+  (which contains the ball-and-box set), intersected with deviation bounds ``h_i(x) ± delta ||row||_{p*}`` carried
+  through the network with segment Lipschitz constants. For the first Linear/Conv and ``p = 2`` this is exactly
+  ``W x ± eps ||W_row||_2``.
 * :func:`linear_bounds` -- backward linear bound propagation (CROWN, Zhang et al. 2018,
   https://arxiv.org/abs/1811.00866) for the input of every ReLU/MaxPool and for the logits, each intersected with
   IBP, so they are never looser than :func:`interval_bounds`. The linear bounds are concretised over the input set
@@ -57,34 +58,45 @@ def _ibp_step(op: Op, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def interval_bounds(net: PiecewiseLinearNetwork, s: InputSet) -> Bounds:
-    """Interval bound propagation over the input set, exact for the first linear layer when ``p = 2``.
+    """Interval bound propagation over the input set, intersected with Lipschitz deviation bounds.
+
+    Besides the interval image of each operation (IBP), every value is kept within ``h_i(x) ± delta_a rho_i``:
+    ``delta_a`` bounds ``||h_a(x') - h_a(x)||_p`` at the output ``h_a`` of the last ReLU/MaxPool (the input for
+    ``a = 0``, where it is ``eps``) and ``rho_i`` bounds, unit by unit, the dual norm (``||.||_2`` for ``p = 2``,
+    ``||.||_1`` for ``p = inf``) of the row of the affine map ``h_a -> h_i``: exact for the first Linear/Conv of the
+    block (squared weights for ``p = 2``, absolute weights for ``p = inf``), the triangle inequality
+    (``|A| rho``) after that. At each ReLU/MaxPool the deviation is carried over as
+    ``delta <- min(L_{a->i+1} delta, ||max(hi - h, h - lo)||_p)`` with ``L`` the segment's Lipschitz bound
+    (:func:`~art_jacreg.certify.lipschitz.segment_lipschitz`) and the box the interval just computed. For ``p = 2``
+    this is what keeps bounds on deep layers from blowing up the way plain IBP does (IBP turns the ball into a box).
 
     :param net: The network.
     :param s: The input set.
     :return: Bounds on every ``h_i``.
     """
+    from art_jacreg.certify.lipschitz import segment_lipschitz  # lipschitz needs nothing from here
+
     lo, hi = s.lo, s.hi
     lows, ups = [lo], [hi]
-    # For p = 2, track the exact image of the ball through the affine prefix: an element-wise scaling ("elem": each
-    # coordinate moves by at most eps * s_i) until the first Linear/Conv, then row norms ("rows": eps * ||W_row||_2).
-    state: str | None = "elem" if s.norm == 2 else None
-    scale: torch.Tensor = torch.ones(net.input_shape, dtype=s.x.dtype)
-    centre = s.x
-    for op in net.ops:
+    centre = s.x  # h_i(x), the image of the centre
+    delta, anchor = s.deviation(s.norm), 0
+    rho, elementwise = torch.ones(net.input_shape, dtype=s.x.dtype), True
+    for i, op in enumerate(net.ops):
         lo, hi = _ibp_step(op, lo, hi)
-        if state is not None and isinstance(op, AffineOp):
-            centre = op.forward(centre)
-            if isinstance(op, (Affine, Reshape)):
-                scale = op.abs_lin(scale[None])[0]
-            elif state == "elem":
-                scale, state = op.sq_lin(scale.square()[None])[0].sqrt(), "rows"
+        centre = op.forward(centre)
+        if isinstance(op, AffineOp):
+            if elementwise and s.norm == 2 and not isinstance(op, (Affine, Reshape)):
+                rho, elementwise = op.sq_lin(rho.square()[None])[0].sqrt(), False  # exact row norms of A diag(rho)
             else:
-                state = None
-            if state is not None:
-                e = s.eps_like(centre) * scale
-                lo, hi = torch.maximum(lo, centre - e), torch.minimum(hi, centre + e)
-        elif not isinstance(op, AffineOp):
-            state = None
+                rho = op.abs_lin(rho[None])[0]  # exact for l1 rows and element-wise maps, else the triangle bound
+                elementwise = elementwise and isinstance(op, (Affine, Reshape))
+            e = delta.reshape(-1, *([1] * rho.ndim)) * rho
+            lo, hi = torch.maximum(lo, centre - e), torch.minimum(hi, centre + e)
+        else:
+            box = torch.maximum(hi - centre, centre - lo).flatten(1)
+            box = box.amax(dim=1) if s.norm == math.inf else box.norm(dim=1)
+            delta = torch.minimum(delta * segment_lipschitz(net, anchor, i + 1, s.norm), box)
+            anchor, rho, elementwise = i + 1, torch.ones(op.out_shape, dtype=s.x.dtype), True
         lows.append(lo)
         ups.append(hi)
     return Bounds(lows, ups)
@@ -98,12 +110,10 @@ def relu_relaxation(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, t
     :return: ``(lower_slope, upper_slope, upper_intercept)`` with
         ``lower_slope z <= relu(z) <= upper_slope z + upper_intercept`` on ``[lo, hi]``.
     """
-    active, unstable = lo >= 0, (lo < 0) & (hi > 0)
-    denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
-    up_slope = torch.where(unstable, hi / denom, active.to(lo.dtype))
-    up_icpt = torch.where(unstable, -up_slope * lo, torch.zeros_like(lo))
-    low_slope = torch.where(unstable, (hi > -lo).to(lo.dtype), active.to(lo.dtype))
-    return low_slope, up_slope, up_icpt
+    # With u = max(hi, 0) and l = min(lo, 0) the three cases (active, inactive, unstable) share one formula.
+    u, neg_l = hi.clamp(min=0), (-lo).clamp(min=0)
+    up_slope = u / (u + neg_l).clamp(min=torch.finfo(lo.dtype).tiny)
+    return (u > neg_l).to(lo.dtype), up_slope, up_slope * neg_l
 
 
 def maxpool_windows(

@@ -33,6 +33,7 @@ __all__ = [
     "layer_operator_norms",
     "global_lipschitz_bound",
     "row_lipschitz",
+    "segment_lipschitz",
     "tail_start",
     "EXPLICIT_LIMIT",
     "EXPLICIT_MIN_SIDE",
@@ -150,24 +151,51 @@ def layer_operator_norms(net: PiecewiseLinearNetwork, norm: float | str = 2) -> 
     return [_op_norm(op, norm) for op in net.ops]
 
 
-def _chain_norms(net: PiecewiseLinearNetwork, stop: int, norm: float) -> float:
-    """Product of operator-norm upper bounds of ``ops[:stop]`` with element-wise affines merged into the next layer."""
+def segment_lipschitz(net: PiecewiseLinearNetwork, start: int, stop: int, norm: float) -> float:
+    """Upper bound on the Lipschitz constant of ``h_start -> h_stop`` (operations ``start..stop-1``) in ``||.||_p``.
+
+    The product of the operations' operator-norm upper bounds, each element-wise affine merged into the Linear/Conv
+    after it (a tighter bound than multiplying the two). Cached on the network per ``(start, stop, norm)``.
+
+    :param net: The network.
+    :param start: First layer boundary.
+    :param stop: Last layer boundary (``start <= stop <= len(net.ops)``).
+    :param norm: ``2`` (spectral norms) or ``inf`` (``inf -> inf`` norms).
+    :return: The bound (``1`` for an empty segment).
+    """
     cache = net.__dict__.setdefault("_lipschitz_cache", {})
-    key = (stop, norm)
+    key = (start, stop, norm)
     if key not in cache:
-        total, pending = 1.0, None
-        for op in net.ops[:stop]:
+        total, pending, first = 1.0, None, start
+        for i in range(start, stop):
+            op = net.ops[i]
             if isinstance(op, Affine):
                 pending = op.scale if pending is None else pending * op.scale
                 continue
             if pending is not None and not isinstance(op, (Linear, Conv2d)):
                 total *= float(pending.abs().max()) * _SLACK
-            total *= _op_norm(op, norm, pending if isinstance(op, (Linear, Conv2d)) else None)
-            pending = None
+            merged = pending if isinstance(op, (Linear, Conv2d)) else None
+            total *= _op_norm_cached(net, (first, i, norm), op, norm, merged)
+            pending, first = None, i + 1
         if pending is not None:
             total *= float(pending.abs().max()) * _SLACK
         cache[key] = total
     return cache[key]
+
+
+def _op_norm_cached(
+    net: PiecewiseLinearNetwork, key: tuple, op: Op, norm: float, in_scale: torch.Tensor | None
+) -> float:
+    """:func:`_op_norm` cached on the network under ``key`` = (first merged operation, operation, norm)."""
+    cache = net.__dict__.setdefault("_op_norm_cache", {})
+    if key not in cache:
+        cache[key] = _op_norm(op, norm, in_scale)
+    return cache[key]
+
+
+def _chain_norms(net: PiecewiseLinearNetwork, stop: int, norm: float) -> float:
+    """Lipschitz bound of the prefix ``h_0 -> h_stop`` (see :func:`segment_lipschitz`)."""
+    return segment_lipschitz(net, 0, stop, norm)
 
 
 def tail_start(net: PiecewiseLinearNetwork) -> int:

@@ -34,13 +34,14 @@ from art_jacreg.certify._common import (
     validate_method,
     validate_norm,
 )
-from art_jacreg.certify.intervals import backward_lower, interval_bounds, linear_bounds
-from art_jacreg.certify.lipschitz import global_lipschitz_bound, row_lipschitz, tail_start
+from art_jacreg.certify.intervals import Bounds, backward_lower, interval_bounds, linear_bounds
+from art_jacreg.certify.lipschitz import global_lipschitz_bound, row_lipschitz, segment_lipschitz, tail_start
 from art_jacreg.certify.local_jacobian import (
-    jacobian_interval,
     l11_norm_bound,
+    local_deviation_lower,
     mean_value_lower,
     spectral_norm_bound,
+    split_bound,
 )
 from art_jacreg.certify.ops import DTYPE, PiecewiseLinearNetwork
 
@@ -65,7 +66,12 @@ def _setup(
 
 
 def functional_lower_bounds(
-    net: PiecewiseLinearNetwork, s: InputSet, rows: torch.Tensor, method: str, logits: torch.Tensor
+    net: PiecewiseLinearNetwork,
+    s: InputSet,
+    rows: torch.Tensor,
+    method: str,
+    logits: torch.Tensor,
+    target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sound lower bounds of ``rows · f(x')`` over the input set ``s`` (the engine behind the public functions).
 
@@ -74,6 +80,9 @@ def functional_lower_bounds(
     :param rows: Output functionals ``(B or 1, M, K)``.
     :param method: ``"lipschitz"``, ``"interval"`` or ``"linear"``.
     :param logits: ``f(x)`` at the centres, ``(B, K)`` float64.
+    :param target: Optional ``(B, 1)`` or ``(B, M)`` thresholds: a row whose global Lipschitz bound already exceeds
+        its threshold keeps that bound (still sound) instead of being refined, which saves most of the work when
+        certifying (a margin far from the decision boundary needs no local analysis).
     :return: ``(B, M)`` lower bounds, the largest of the method's sound bounds.
     """
     with torch.no_grad():
@@ -81,16 +90,42 @@ def functional_lower_bounds(
         low = value - s.eps[:, None] * row_lipschitz(net, rows, s.norm)
         if method == "lipschitz":
             return low
-        tail = tail_start(net)
-        bounds = interval_bounds(net, s)
-        candidates = [bounds] if method == "interval" else [bounds, linear_bounds(net, s, bounds)]
+        need = torch.ones_like(low, dtype=torch.bool) if target is None else low <= target
+        samples, which = need.nonzero(as_tuple=True)
+        if samples.numel() == 0:
+            return low
+        uniq, inverse = torch.unique(samples, return_inverse=True)
+        sub = s.subset(uniq)
+        ibp = interval_bounds(net, sub)
+        candidates = [ibp] if method == "interval" else [ibp, linear_bounds(net, sub, ibp)]
+        full = rows.expand(low.shape[0], *rows.shape[1:])
+        if bool(need.all()):  # every row of every sample: keep the (B, M) layout
+            pairs, prows, pvalue = sub, full, value
+        else:  # only the (sample, row) pairs that need it, each its own batch entry with its sample's bounds
+            candidates = [Bounds([t[inverse] for t in b.lower], [t[inverse] for t in b.upper]) for b in candidates]
+            pairs, prows, pvalue = sub.subset(inverse), full[samples, which][:, None], value[samples, which][:, None]
+        refined = torch.full_like(pvalue, -math.inf)
         for b in candidates:  # "linear" keeps every "interval" bound too, so it is never looser
-            low = torch.maximum(low, backward_lower(net, s, b, rows, len(net.ops), tail))
-            centre, radius = jacobian_interval(net, b, rows)
-            low = torch.maximum(low, value + mean_value_lower(centre, radius, s))
-        if method == "linear":
-            low = torch.maximum(low, backward_lower(net, s, candidates[-1], rows, len(net.ops), 0))
+            refined = torch.maximum(refined, _relaxation_lower(net, pairs, b, prows, method))
+            if pairs.norm == 2 or method == "linear":
+                centre, radius, deviation = local_deviation_lower(net, b, prows, pairs)
+                refined = torch.maximum(refined, pvalue + deviation)
+                refined = torch.maximum(refined, pvalue + mean_value_lower(centre, radius, pairs))
+        if bool(need.all()):
+            return torch.maximum(low, refined)
+        low[samples, which] = torch.maximum(low[samples, which], refined[:, 0])
         return low
+
+
+def _relaxation_lower(
+    net: PiecewiseLinearNetwork, s: InputSet, bounds: Any, rows: torch.Tensor, method: str
+) -> torch.Tensor:
+    """Linear relaxation of ``rows · f`` from given pre-activation bounds: through the whole network to the input
+    for ``p = inf`` and for ``"linear"``, through the final affine block only for ``"interval"`` with ``p = 2``
+    (measured on the MNIST CNNs: relaxing further never raised an l2 radius and cost 30 % more time).
+    """
+    start = 0 if (s.norm == math.inf or method == "linear") else tail_start(net)
+    return backward_lower(net, s, bounds, rows, len(net.ops), start)
 
 
 def logit_bounds(
@@ -120,10 +155,15 @@ def logit_bounds(
 
 
 def _margin_lower(
-    net: PiecewiseLinearNetwork, s: InputSet, labels: torch.Tensor, method: str, logits: torch.Tensor
+    net: PiecewiseLinearNetwork,
+    s: InputSet,
+    labels: torch.Tensor,
+    method: str,
+    logits: torch.Tensor,
+    target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     rows, _ = margin_rows(labels, net.num_classes)
-    return functional_lower_bounds(net, s, rows, method, logits)
+    return functional_lower_bounds(net, s, rows, method, logits, target)
 
 
 def _slack(logits: torch.Tensor) -> torch.Tensor:
@@ -156,7 +196,8 @@ def certify_at(
     """
     net, s, method, logits = _setup(net, x, eps, norm, clip_values, method)
     labels = validate_labels(labels, s.x.shape[0], net.num_classes)
-    return (_margin_lower(net, s, labels, method, logits) > _slack(logits)[:, None]).all(dim=1)
+    slack = _slack(logits)[:, None]
+    return (_margin_lower(net, s, labels, method, logits, slack) > slack).all(dim=1)
 
 
 def _box_diameter(s: InputSet, clip_values: Any, norm: float) -> torch.Tensor:
@@ -222,7 +263,7 @@ def certified_radius(
 
     def certified(idx: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         sub = input_set(s.x[idx], eps, s.norm, clip_values)
-        low = _margin_lower(net, sub, labels[idx], method, logits[idx])
+        low = _margin_lower(net, sub, labels[idx], method, logits[idx], slack[idx, None])
         return (low > slack[idx, None]).all(dim=1)
 
     if method == "linear":  # "linear" certifies wherever "interval" does: start from the interval radius
@@ -286,8 +327,12 @@ def certified_loss_bound(
             bounds = interval_bounds(net, s)
             if method == "linear":
                 bounds = linear_bounds(net, s, bounds)
-            centre, radius = jacobian_interval(net, bounds, torch.eye(net.num_classes, dtype=DTYPE)[None])
-            local = spectral_norm_bound(centre, radius) if s.norm == 2 else l11_norm_bound(centre, radius)
-            sup_j = torch.minimum(sup_j, local)
+            reduce = spectral_norm_bound if s.norm == 2 else l11_norm_bound
+
+            def split_norm(c: torch.Tensor, r: torch.Tensor, i: int) -> torch.Tensor:
+                return reduce(c, r) * segment_lipschitz(net, 0, i, s.norm)
+
+            eye = torch.eye(net.num_classes, dtype=DTYPE)[None]
+            sup_j = torch.minimum(sup_j, split_bound(net, bounds, eye, split_norm)[2])
         bound_a = loss + (math.sqrt(2.0) if s.norm == 2 else 1.0) * s.eps * sup_j
     return torch.minimum(bound_a, bound_b)
