@@ -9,6 +9,11 @@ Pre-activation bounds come from :mod:`art_jacreg.certify.intervals` and hold on 
 Jacobian of every point of the set lies in the result, and by ``f(x') - f(x) = int_0^1 J(x + t (x' - x)) (x' - x) dt``
 (the set is convex and contains ``x``) so does every difference quotient.
 
+Two refinements use the intervals at every layer boundary (:func:`pull_back`), not only at the input:
+:func:`split_bound` multiplies a local bound on the last layers by a global one on the first, and
+:func:`local_deviation_lower` also keeps rows as an exact centre plus a dual-norm ball below a boundary, which keeps
+the sign cancellations that intervals lose through layers with many undecided ReLUs (docs: theory page).
+
 Everything is batched: samples and rows travel together through batched convolutions, no Python loop over samples.
 """
 
