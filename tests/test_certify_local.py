@@ -1,7 +1,8 @@
 """The local bounds behind ``method="interval"`` against brute force (autograd Jacobians, sampled and attacked points).
 
 Deviation-tightened pre-activation bounds, interval Jacobians at every layer boundary, the centre-and-ball
-representation of the rows, segment Lipschitz constants and the row refinement of ``functional_lower_bounds``.
+representation of the rows, segment Lipschitz constants, the row refinement of ``functional_lower_bounds``, and the
+patch form of CROWN's rows against the dense one.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import math
 import pytest
 import torch
 from test_certify_helpers import CLIP, NORMS, eval_points, network, sample_ball_box
+from torch import nn
 
-from art_jacreg.certify import certified_radius
+from art_jacreg.certify import build_network, certified_radius
 from art_jacreg.certify._common import input_set, margin_rows
-from art_jacreg.certify.intervals import _ibp_step, interval_bounds, relu_relaxation
+from art_jacreg.certify.intervals import _ibp_step, backward_lower, interval_bounds, relu_relaxation
 from art_jacreg.certify.lipschitz import segment_lipschitz
 from art_jacreg.certify.local_jacobian import _ball_step, _dual, local_deviation_lower, pull_back
-from art_jacreg.certify.ops import AffineOp
+from art_jacreg.certify.ops import AffineOp, MaxPool2d
+from art_jacreg.certify.patches import patch_lower, patch_supported
 from art_jacreg.certify.radius import functional_lower_bounds
 
 NAMES = ("mlp", "cnn", "fcnn")
@@ -240,3 +243,54 @@ def test_interval_radius_beats_lipschitz_on_the_cnn():
         ok = lip > 0
         assert ok.sum() >= 3
         assert float((local[ok] / lip[ok]).median()) >= floor
+
+
+def _odd_conv_net():
+    """Non-square kernels and strides, padding 0 and 2, a BatchNorm, three convolutions."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, (3, 5), stride=(2, 1), padding=(1, 2)),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.Conv2d(3, 4, 3, stride=3, padding=0),
+        nn.ReLU(),
+        nn.Conv2d(4, 2, (2, 3), stride=1, padding=(2, 0)),
+        nn.Flatten(),
+        nn.Linear(98, 10),
+    ).eval()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.2, 0.2)
+        model[1].running_var.uniform_(0.5, 2.0)
+    return build_network(model, (1, 28, 28), preprocessing=(0.1307, 0.3081))
+
+
+@pytest.mark.parametrize("name", ["cnn", "odd"])
+@pytest.mark.parametrize("norm", NORMS)
+def test_patch_crown_equals_dense_crown(name, norm):
+    """Patch-form rows are the dense rows restricted to receptive fields: the same bounds to float64 rounding."""
+    net = _odd_conv_net() if name == "odd" else network("cnn")
+    x, _ = eval_points(3, offset=150)
+    x = x.double()
+    s = input_set(x, torch.full((3,), EPS[norm], dtype=torch.float64), norm, CLIP)
+    bounds = interval_bounds(net, s)
+    ends = [e for e in range(1, len(net.ops) + 1) if patch_supported(net, e) and len(net.ops[e - 1].out_shape) == 3]
+    assert len(ends) >= (5 if name == "odd" else 3)
+    gen = torch.Generator().manual_seed(0)
+    for end in ends:
+        shape = net.ops[end - 1].out_shape
+        n = math.prod(shape)
+        idx = torch.stack([torch.randperm(n, generator=gen)[: min(n, 9)] for _ in range(3)])
+        rows = torch.zeros(3, idx.shape[1], n, dtype=torch.float64).scatter_(2, idx[:, :, None], 1.0)
+        rows = torch.cat([rows, -rows], 1).reshape(3, -1, *shape)
+        dense = backward_lower(net, s, bounds, rows, end)
+        patch = patch_lower(net, s, bounds.lower, bounds.upper, end, idx)
+        torch.testing.assert_close(patch, dense, rtol=1e-12, atol=1e-12)
+
+
+def test_patch_form_refuses_what_it_cannot_do():
+    net = network("fcnn")  # conv, BatchNorm, ReLU, MaxPool, ...
+    first_pool = next(i for i, op in enumerate(net.ops) if isinstance(op, MaxPool2d))
+    assert patch_supported(net, first_pool)
+    assert not patch_supported(net, first_pool + 1)
+    assert not patch_supported(network("mlp"), 2)  # a Linear layer
+    assert not patch_supported(network("cnn"), 0)

@@ -29,6 +29,7 @@ import torch
 
 from art_jacreg.certify._common import InputSet
 from art_jacreg.certify.ops import Affine, AffineOp, MaxPool2d, Op, PiecewiseLinearNetwork, ReLU, Reshape
+from art_jacreg.certify.patches import patch_elements, patch_lower, patch_supported
 
 logger = logging.getLogger(__name__)
 
@@ -225,14 +226,18 @@ def _crown_layer(
     if n_rows == 0:
         return lo.reshape(b, *shape), hi.reshape(b, *shape)
     order = torch.argsort(need.to(torch.int8), dim=1, descending=True, stable=True)[:, :n_rows]
-    widest = max(math.prod(op.in_shape) for op in net.ops[:end])
+    patches = patch_supported(net, end)
+    widest = patch_elements(net, end) if patches else max(math.prod(op.in_shape) for op in net.ops[:end])
     chunk = max(1, min(n_rows, _CHUNK_ELEMENTS // max(1, b * widest * 2)))
     for first in range(0, n_rows, chunk):
         idx = order[:, first : first + chunk]
         m = idx.shape[1]
-        a = torch.zeros(b, m, n, dtype=lo.dtype).scatter_(2, idx[:, :, None], 1.0)
-        a = torch.cat([a, -a], dim=1).reshape(b, 2 * m, *shape)
-        low = backward_lower(net, s, bounds, a, end)
+        if patches:
+            low = patch_lower(net, s, bounds.lower, bounds.upper, end, idx)
+        else:
+            a = torch.zeros(b, m, n, dtype=lo.dtype).scatter_(2, idx[:, :, None], 1.0)
+            a = torch.cat([a, -a], dim=1).reshape(b, 2 * m, *shape)
+            low = backward_lower(net, s, bounds, a, end)
         lo.scatter_(1, idx, torch.maximum(lo.gather(1, idx), low[:, :m]))
         hi.scatter_(1, idx, torch.minimum(hi.gather(1, idx), -low[:, m:]))
     return lo.reshape(b, *shape), hi.reshape(b, *shape)

@@ -229,7 +229,7 @@ def certified_radius(
     the clip box's diameter is reached), then bisect geometrically at most ``n_bisect`` times or until the bracket is
     within a relative :data:`RADIUS_RTOL`, re-evaluating only the samples still in play. ``"linear"``: the same from
     the interval radius (``"linear"`` certifies wherever ``"interval"`` does) with ``max(3, n_bisect // 2)``
-    bisection steps, since each CROWN evaluation is expensive (seconds per sample on an MNIST CNN). The result is a
+    bisection steps, since each CROWN evaluation is expensive (about 0.1 s per sample on an MNIST CNN). The result is a
     lower bound of the method's exact limit and is ``0`` where nothing is certified (e.g. ``labels`` is not the
     prediction).
 
