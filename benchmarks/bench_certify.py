@@ -67,7 +67,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eps-linf", default="0.01,0.02,0.05,0.1", help="l-inf eps for certified accuracy")
     parser.add_argument("--clever-points", type=int, default=5, help="points for the CLEVER comparison")
     parser.add_argument(
-        "--linear-points", type=int, default=10, help="points for method 'linear' (CROWN costs ~10 s per point)"
+        "--linear-points", type=int, default=10, help="points for method 'linear' (CROWN costs ~1 s per point)"
     )
     parser.add_argument("--report-points", type=int, default=100, help="points for the report() summary table")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription)")

@@ -47,7 +47,7 @@ print(f"reg_weight = {weight:g}")
 # ``certify`` returns each digit's prediction and the largest :math:`\ell_2` radius (in pixel units) on which that
 # prediction provably cannot change. ``"lipschitz"`` uses one global constant per model; ``"interval"`` bounds the
 # Jacobian locally and is never looser (it starts from the global radius). The third method, ``"linear"``
-# (CROWN bounds), is the tightest but takes seconds per digit on a CPU, too slow for this page.
+# (CROWN bounds), is the tightest but takes about a second per digit on a CPU, too slow for this page.
 
 reporters = {
     "plain": JacobianBoundReporter.from_classifier(plain, verbose=False),
