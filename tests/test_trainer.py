@@ -500,8 +500,9 @@ def test_huge_learning_rate_stops_training_with_finite_weights(small) -> None:
     assert model.training  # the previous (train) mode is restored after the error
 
 
-@pytest.mark.parametrize(("norm", "extra"), [(2, {"n_projections": None}), (2, {"n_projections": 3}),
-                                             (np.inf, {}), (np.inf, {"n_rows": 3})])
+@pytest.mark.parametrize(
+    ("norm", "extra"), [(2, {"n_projections": None}), (2, {"n_projections": 3}), (np.inf, {}), (np.inf, {"n_rows": 3})]
+)
 def test_exact_and_estimated_regularizers_train(small, norm, extra) -> None:
     x, y, _, _ = small
     clf = make_classifier(mnist_mlp(seed=0, hidden=32))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from art_jacreg.certify._common import InputSet
+from art_jacreg.certify.lipschitz import segment_lipschitz
 from art_jacreg.certify.ops import Affine, AffineOp, MaxPool2d, Op, PiecewiseLinearNetwork, ReLU, Reshape
 from art_jacreg.certify.patches import patch_elements, patch_lower, patch_supported
 
@@ -75,8 +76,6 @@ def interval_bounds(net: PiecewiseLinearNetwork, s: InputSet) -> Bounds:
     :param s: The input set.
     :return: Bounds on every ``h_i``.
     """
-    from art_jacreg.certify.lipschitz import segment_lipschitz  # lipschitz needs nothing from here
-
     lo, hi = s.lo, s.hi
     lows, ups = [lo], [hi]
     centre = s.x  # h_i(x), the image of the centre

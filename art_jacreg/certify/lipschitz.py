@@ -193,11 +193,6 @@ def _op_norm_cached(
     return cache[key]
 
 
-def _chain_norms(net: PiecewiseLinearNetwork, stop: int, norm: float) -> float:
-    """Lipschitz bound of the prefix ``h_0 -> h_stop`` (see :func:`segment_lipschitz`)."""
-    return segment_lipschitz(net, 0, stop, norm)
-
-
 def tail_start(net: PiecewiseLinearNetwork) -> int:
     """Index of the first operation of the final affine block (after the last ReLU/MaxPool).
 
@@ -232,11 +227,11 @@ def row_lipschitz(net: PiecewiseLinearNetwork, rows: torch.Tensor, norm: float) 
     """
     t = tail_start(net)
     a = tail_rows(net, rows).flatten(2)
-    lip2 = a.norm(dim=-1) * _chain_norms(net, t, 2.0)
+    lip2 = a.norm(dim=-1) * segment_lipschitz(net, 0, t, 2.0)
     if norm == 2:
         return lip2
     d = math.prod(net.input_shape)
-    return torch.minimum(a.abs().sum(-1) * _chain_norms(net, t, math.inf), lip2 * math.sqrt(d) * _SLACK)
+    return torch.minimum(a.abs().sum(-1) * segment_lipschitz(net, 0, t, math.inf), lip2 * math.sqrt(d) * _SLACK)
 
 
 def global_lipschitz_bound(net: PiecewiseLinearNetwork, norm: float | str = 2) -> float:
@@ -253,7 +248,7 @@ def global_lipschitz_bound(net: PiecewiseLinearNetwork, norm: float | str = 2) -
     norm = validate_norm(norm)
     net = check_network(net)
     k = net.num_classes
-    lip2 = _chain_norms(net, tail_start(net), 2.0)
+    lip2 = segment_lipschitz(net, 0, tail_start(net), 2.0)
     tail = tail_rows(net, torch.eye(k, dtype=DTYPE)[None])[0].flatten(1)  # (K, n_t)
     gram = tail @ tail.T
     lip2 *= math.sqrt(float(torch.linalg.eigvalsh(gram)[-1].clamp(min=0.0))) * _SLACK

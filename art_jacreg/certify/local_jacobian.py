@@ -22,12 +22,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 
 from art_jacreg.certify._common import InputSet
 from art_jacreg.certify.intervals import Bounds, maxpool_windows
+from art_jacreg.certify.lipschitz import segment_lipschitz
 from art_jacreg.certify.ops import AffineOp, MaxPool2d, PiecewiseLinearNetwork, ReLU
 
 logger = logging.getLogger(__name__)
@@ -141,8 +141,6 @@ def _ball_step(
     dominated window routes ``c`` to its maximum; the others, of unknown routing, move into the ball through the
     pooling's Lipschitz constant, which also scales ``rho``.
     """
-    from art_jacreg.certify.lipschitz import segment_lipschitz
-
     op = net.ops[i]
     b, m = c.shape[:2]
     if isinstance(op, AffineOp):
@@ -168,23 +166,13 @@ def _ball_step(
     raise TypeError(f"no Jacobian rule for {op!r}")  # pragma: no cover
 
 
-def _box_min(c: torch.Tensor, s: InputSet) -> torch.Tensor:
-    """``min c · (x' - x)`` over the box around the set (and, for ``p = 2``, also the ball), ``(B, M)``."""
-    d_lo, d_hi = (s.lo - s.x).flatten(1)[:, None], (s.hi - s.x).flatten(1)[:, None]
-    cf = c.flatten(2)
-    low = torch.minimum(cf * d_lo, cf * d_hi).sum(-1)
-    if s.norm == 2:
-        low = torch.maximum(low, -s.eps[:, None] * cf.norm(dim=-1))
-    return low
-
-
 def local_deviation_lower(
     net: PiecewiseLinearNetwork,
     bounds: Bounds,
     rows: torch.Tensor,
     s: InputSet,
-    spawn: Any = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    spawn: set[int] | None = None,
+) -> torch.Tensor:
     """Lower bound on ``rows · (f(x') - f(x))`` over the set from local Jacobian information; three families.
 
     * Split (:func:`split_bound`): at each boundary ``i``, ``-||rows · J_i||_{p*} L_i ||x' - x||_p`` with the prefix
@@ -193,7 +181,7 @@ def local_deviation_lower(
       a dual-norm ball of radius ``rho`` (seeded with the interval's radius, ``||r_k||_{p*}``), so the sign
       cancellations of the centre survive the first layers where unstable units make intervals useless; the bound
       is ``min_{x'} c · (x' - x) - rho ||x' - x||_p``.
-    * The full interval Jacobian with the box (:func:`mean_value_lower`), by the caller.
+    * The full interval Jacobian on the input with the box (:func:`mean_value_lower`).
 
     :param net: The network.
     :param bounds: Bounds on every ``h_i`` over the input set ``s``.
@@ -202,31 +190,30 @@ def local_deviation_lower(
     :param spawn: Boundaries where a centre-and-ball candidate starts. Default for ``p = 2``: the output and the input
         of every ReLU/MaxPool (on the MNIST CNNs, starting also at their outputs never gave a better bound); for
         ``p = inf`` none (the l1 balls grow with the ``inf -> inf`` norms and never beat the interval there).
-    :return: ``(centre, radius, lower)``: the interval Jacobian on the input and the ``(B, M)`` lower bound.
+    :return: ``(B, M)`` lower bounds, the largest of the three families.
     """
-    from art_jacreg.certify.lipschitz import segment_lipschitz
-
     n = len(net.ops)
     if spawn is None:
-        spawn = set()
-        if s.norm == 2:
-            spawn = {n} | {i for i, op in enumerate(net.ops) if not isinstance(op, AffineOp)}
+        spawn = {n} | {i for i, op in enumerate(net.ops) if not isinstance(op, AffineOp)} if s.norm == 2 else set()
     dev2, dev_p = s.deviation(2.0)[:, None], s.deviation(s.norm)[:, None]
-    best: torch.Tensor | None = None
-    balls: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for i, c, r in pull_back(net, bounds, rows):
-        if i < n:
-            balls = [_ball_step(net, i, bounds, bc, rho, s.norm) for bc, rho in balls]
-        low = -gradient_dual_norm(c, r, 2.0) * segment_lipschitz(net, 0, i, 2.0) * dev2
+    seeds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def split_deviation(c: torch.Tensor, r: torch.Tensor, i: int) -> torch.Tensor:
+        if i in spawn and i > 0:  # remember the interval where a centre-and-ball candidate starts
+            seeds[i] = (c, _dual(r, s.norm))
+        bound = gradient_dual_norm(c, r, 2.0) * segment_lipschitz(net, 0, i, 2.0) * dev2
         if s.norm == math.inf:
             split_inf = gradient_dual_norm(c, r, math.inf) * segment_lipschitz(net, 0, i, math.inf) * dev_p
-            low = torch.maximum(low, -split_inf)
-        best = low if best is None else torch.maximum(best, low)
-        if i in spawn and i > 0:
-            balls.append((c, _dual(r, s.norm)))
-    for bc, rho in balls:
-        best = torch.maximum(best, _box_min(bc, s) - rho * dev_p)
-    return c, r, best
+            bound = torch.minimum(bound, split_inf)
+        return bound
+
+    centre, radius, split = split_bound(net, bounds, rows, split_deviation)
+    best = torch.maximum(-split, mean_value_lower(centre, radius, s))
+    for k, (c, rho) in seeds.items():
+        for i in range(k - 1, -1, -1):
+            c, rho = _ball_step(net, i, bounds, c, rho, s.norm)
+        best = torch.maximum(best, mean_value_lower(c, torch.zeros_like(c), s) - rho * dev_p)
+    return best
 
 
 def _maxpool_rows(
@@ -255,8 +242,7 @@ def gradient_dual_norm(centre: torch.Tensor, radius: torch.Tensor, norm: float) 
     :param norm: ``2`` (dual 2) or ``inf`` (dual 1).
     :return: ``(B, M)``.
     """
-    mag = (centre.abs() + radius).flatten(2)
-    return mag.norm(dim=-1) if norm == 2 else mag.sum(-1)
+    return _dual(centre.abs() + radius, norm)
 
 
 def mean_value_lower(centre: torch.Tensor, radius: torch.Tensor, s: InputSet) -> torch.Tensor:

@@ -6,10 +6,9 @@ Every function combines sound lower bounds on linear functionals ``row · f(x')`
 * ``"lipschitz"``: ``row · f(x) - eps * L_row`` with a global Lipschitz constant (:mod:`.lipschitz`);
 * ``"interval"``: additionally, from interval pre-activation bounds tightened by Lipschitz deviation bounds
   (:func:`.interval_bounds`): for ``p = 2`` the linear relaxation of the final affine block and the local Jacobian
-  bounds of :func:`.local_deviation_lower` (split, centre-and-ball) and :func:`.mean_value_lower` (the interval
-  Jacobian with the box); for ``p = inf`` the linear relaxation of the whole network (CROWN-IBP), which beat every
-  Jacobian bound on every MNIST digit measured. Only rows the Lipschitz bound cannot settle are refined when a
-  threshold is known (certification);
+  bounds of :func:`.local_deviation_lower` (split, centre-and-ball, and the interval Jacobian with the box); for
+  ``p = inf`` the linear relaxation of the whole network (CROWN-IBP), which beat every Jacobian bound on every MNIST
+  digit measured. Only rows the Lipschitz bound cannot settle are refined when a threshold is known (certification);
 * ``"linear"``: all of the above for both norms, also with CROWN pre-activation bounds.
 
 So a richer method is never looser than a cheaper one. Bounds are computed in float64. A prediction counts as
@@ -42,7 +41,6 @@ from art_jacreg.certify.lipschitz import global_lipschitz_bound, row_lipschitz, 
 from art_jacreg.certify.local_jacobian import (
     l11_norm_bound,
     local_deviation_lower,
-    mean_value_lower,
     spectral_norm_bound,
     split_bound,
 )
@@ -111,9 +109,7 @@ def functional_lower_bounds(
         for b in candidates:  # "linear" keeps every "interval" bound too, so it is never looser
             refined = torch.maximum(refined, _relaxation_lower(net, pairs, b, prows, method))
             if pairs.norm == 2 or method == "linear":
-                centre, radius, deviation = local_deviation_lower(net, b, prows, pairs)
-                refined = torch.maximum(refined, pvalue + deviation)
-                refined = torch.maximum(refined, pvalue + mean_value_lower(centre, radius, pairs))
+                refined = torch.maximum(refined, pvalue + local_deviation_lower(net, b, prows, pairs))
         if bool(need.all()):
             return torch.maximum(low, refined)
         low[samples, which] = torch.maximum(low[samples, which], refined[:, 0])
@@ -121,7 +117,7 @@ def functional_lower_bounds(
 
 
 def _relaxation_lower(
-    net: PiecewiseLinearNetwork, s: InputSet, bounds: Any, rows: torch.Tensor, method: str
+    net: PiecewiseLinearNetwork, s: InputSet, bounds: Bounds, rows: torch.Tensor, method: str
 ) -> torch.Tensor:
     """Linear relaxation of ``rows · f`` from given pre-activation bounds: through the whole network to the input
     for ``p = inf`` and for ``"linear"``, through the final affine block only for ``"interval"`` with ``p = 2``
