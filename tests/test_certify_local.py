@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from test_certify_helpers import CLIP, NORMS, eval_points, network, sample_ball_box
+from test_certify_helpers import CLIP, NORMS, eval_points, network, project, sample_ball_box
 from torch import nn
 
 from art_jacreg.certify import build_network, certified_radius
@@ -138,12 +138,7 @@ def test_local_deviation_lower_holds_at_sampled_and_attacked_points(name, norm):
                 step = -grad.sign() * e / 8
             else:
                 step = -grad / grad.flatten(1).norm(dim=1).clamp(min=1e-12).reshape(-1, 1, 1, 1) * e / 8
-            d = delta + step
-            if norm == math.inf:
-                d = d.clamp(-e, e)
-            else:
-                d = d * (e / d.flatten(1).norm(dim=1).clamp(min=1e-12).reshape(-1, 1, 1, 1)).clamp(max=1)
-            delta.copy_((xr + d).clamp(*CLIP) - xr)
+            delta.copy_(project(delta + step, xr, eps_r, norm))
     attacked = (rr[:, 0] * net(xr + delta.detach())).sum(-1).reshape(-1, m) - value
     sampled = torch.stack([(rows * net(p)[:, None]).sum(-1) - value for p in _points(x, s, norm, 8)])
     slack = 1e-9 * (1 + value.abs())
@@ -294,3 +289,22 @@ def test_patch_form_refuses_what_it_cannot_do():
     assert not patch_supported(net, first_pool + 1)
     assert not patch_supported(network("mlp"), 2)  # a Linear layer
     assert not patch_supported(network("cnn"), 0)
+
+
+def test_new_arguments_are_validated_with_their_names():
+    net, x, s, rows = _setup("cnn", 2.0, n=2)
+    n = len(net.ops)
+    with pytest.raises(ValueError, match="`start` and `stop`"):
+        segment_lipschitz(net, 3, 2, 2.0)
+    with pytest.raises(ValueError, match="`start` and `stop`"):
+        segment_lipschitz(net, 0, n + 1, 2.0)
+    with pytest.raises(ValueError, match="`norm`"):
+        segment_lipschitz(net, 0, n, 1)
+    with pytest.raises(ValueError, match="`p`"):
+        s.deviation(3)
+    with pytest.raises(ValueError, match="`spawn`"):
+        local_deviation_lower(net, interval_bounds(net, s), rows, s, spawn={n + 1})
+    with pytest.raises(ValueError, match="`target`"):
+        functional_lower_bounds(net, s, rows, "interval", net(x), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="`end`"):
+        patch_lower(net, s, [], [], n, torch.zeros(2, 1, dtype=torch.long))

@@ -12,7 +12,16 @@ import torch
 
 from art_jacreg.certify.ops import DTYPE, PiecewiseLinearNetwork
 
-__all__ = ["METHODS", "InputSet", "validate_norm", "validate_method", "validate_labels", "input_set", "margin_rows"]
+__all__ = [
+    "METHODS",
+    "InputSet",
+    "box_deviation",
+    "validate_norm",
+    "validate_method",
+    "validate_labels",
+    "input_set",
+    "margin_rows",
+]
 
 METHODS = ("lipschitz", "interval", "linear")
 
@@ -151,14 +160,28 @@ class InputSet:
 
         :param p: The norm to measure the deviation in.
         :return: ``(B,)``; ``eps`` or less in the set's own norm, the box's bound in the other.
+        :raises ValueError: If ``p`` is not ``2`` or ``inf``.
         """
-        box = torch.maximum(self.hi - self.x, self.x - self.lo).flatten(1)
-        dev = box.amax(dim=1) if p == math.inf else box.norm(dim=1)
+        p = validate_norm(p, "p")
+        dev = box_deviation(self.x, self.lo, self.hi, p)
         return torch.minimum(dev, self.eps) if p == self.norm else dev
 
     def subset(self, idx: torch.Tensor) -> InputSet:
         """The input set of the samples ``idx``."""
         return InputSet(self.x[idx], self.eps[idx], self.norm, self.lo[idx], self.hi[idx])
+
+
+def box_deviation(centre: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, p: float) -> torch.Tensor:
+    """Per-sample ``max ||v - centre||_p`` over ``v`` in the box ``[lo, hi]`` (which contains ``centre``).
+
+    :param centre: ``(B, ...)``.
+    :param lo: Lower corner, same shape.
+    :param hi: Upper corner, same shape.
+    :param p: ``2`` or ``inf``.
+    :return: ``(B,)``.
+    """
+    box = torch.maximum(hi - centre, centre - lo).flatten(1)
+    return box.amax(dim=1) if p == math.inf else box.norm(dim=1)
 
 
 def input_set(x: torch.Tensor, eps: torch.Tensor, norm: float, clip_values: Any) -> InputSet:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from art_jacreg.certify._common import InputSet
+from art_jacreg.certify._common import InputSet, box_deviation
 from art_jacreg.certify.lipschitz import segment_lipschitz
 from art_jacreg.certify.ops import Affine, AffineOp, MaxPool2d, Op, PiecewiseLinearNetwork, ReLU, Reshape
 from art_jacreg.certify.patches import patch_elements, patch_lower, patch_supported
@@ -93,8 +93,7 @@ def interval_bounds(net: PiecewiseLinearNetwork, s: InputSet) -> Bounds:
             e = delta.reshape(-1, *([1] * rho.ndim)) * rho
             lo, hi = torch.maximum(lo, centre - e), torch.minimum(hi, centre + e)
         else:
-            box = torch.maximum(hi - centre, centre - lo).flatten(1)
-            box = box.amax(dim=1) if s.norm == math.inf else box.norm(dim=1)
+            box = box_deviation(centre, lo, hi, s.norm)
             delta = torch.minimum(delta * segment_lipschitz(net, anchor, i + 1, s.norm), box)
             anchor, rho, elementwise = i + 1, torch.ones(op.out_shape, dtype=s.x.dtype), True
         lows.append(lo)

@@ -162,7 +162,14 @@ def segment_lipschitz(net: PiecewiseLinearNetwork, start: int, stop: int, norm: 
     :param stop: Last layer boundary (``start <= stop <= len(net.ops)``).
     :param norm: ``2`` (spectral norms) or ``inf`` (``inf -> inf`` norms).
     :return: The bound (``1`` for an empty segment).
+    :raises ValueError: Unless ``0 <= start <= stop <= len(net.ops)`` and ``norm`` is ``2`` or ``inf``.
     """
+    net, norm = check_network(net), validate_norm(norm)
+    if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= len(net.ops)):
+        raise ValueError(
+            f"`start` and `stop` must be layer boundaries with 0 <= start <= stop <= {len(net.ops)}, "
+            f"got start={start!r}, stop={stop!r}."
+        )
     cache = net.__dict__.setdefault("_lipschitz_cache", {})
     key = (start, stop, norm)
     if key not in cache:

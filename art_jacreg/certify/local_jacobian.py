@@ -193,6 +193,8 @@ def local_deviation_lower(
     :return: ``(B, M)`` lower bounds, the largest of the three families.
     """
     n = len(net.ops)
+    if spawn is not None and not set(spawn) <= set(range(n + 1)):
+        raise ValueError(f"`spawn` must hold layer boundaries in 0..{n}, got {sorted(spawn)!r}.")
     if spawn is None:
         spawn = {n} | {i for i, op in enumerate(net.ops) if not isinstance(op, AffineOp)} if s.norm == 2 else set()
     dev2, dev_p = s.deviation(2.0)[:, None], s.deviation(s.norm)[:, None]

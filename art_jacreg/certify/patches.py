@@ -98,7 +98,13 @@ def patch_lower(
     :param end: Layer boundary of the units.
     :param idx: Flat unit indices into ``h_end``, ``(B, m)``.
     :return: ``(B, 2 m)``: lower bounds of ``h_end[idx]``, then of ``-h_end[idx]`` (minus the upper bounds).
+    :raises ValueError: If the prefix is not supported (see :func:`patch_supported`).
     """
+    if not patch_supported(net, end):
+        raise ValueError(
+            f"`end`={end!r}: the operations before it are not a chain of convolutions, element-wise affines and ReLUs "
+            "on (C, H, W) tensors; use intervals.backward_lower."
+        )
     from art_jacreg.certify.intervals import relu_relaxation
 
     c_end, h_end, w_end = net.ops[end - 1].out_shape

@@ -85,7 +85,11 @@ def functional_lower_bounds(
         its threshold keeps that bound (still sound) instead of being refined, which saves most of the work when
         certifying (a margin far from the decision boundary needs no local analysis).
     :return: ``(B, M)`` lower bounds, the largest of the method's sound bounds.
+    :raises ValueError: If ``target`` has another shape.
     """
+    b, m = logits.shape[0], rows.shape[1]
+    if target is not None and (target.ndim != 2 or target.shape[0] != b or target.shape[1] not in (1, m)):
+        raise ValueError(f"`target` must have shape ({b}, 1) or ({b}, {m}), got {tuple(target.shape)}.")
     with torch.no_grad():
         value = (rows * logits[:, None]).sum(-1)
         low = value - s.eps[:, None] * row_lipschitz(net, rows, s.norm)
