@@ -306,5 +306,7 @@ def test_new_arguments_are_validated_with_their_names():
         local_deviation_lower(net, interval_bounds(net, s), rows, s, spawn={n + 1})
     with pytest.raises(ValueError, match="`target`"):
         functional_lower_bounds(net, s, rows, "interval", net(x), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="`candidates`"):
+        functional_lower_bounds(net, s, rows, "interval", net(x), torch.zeros(2, 1), [interval_bounds(net, s)])
     with pytest.raises(ValueError, match="`end`"):
         patch_lower(net, s, [], [], n, torch.zeros(2, 1, dtype=torch.long))

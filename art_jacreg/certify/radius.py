@@ -48,7 +48,14 @@ from art_jacreg.certify.ops import DTYPE, PiecewiseLinearNetwork
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["logit_bounds", "certify_at", "certified_radius", "certified_loss_bound", "functional_lower_bounds"]
+__all__ = [
+    "candidate_bounds",
+    "logit_bounds",
+    "certify_at",
+    "certified_radius",
+    "certified_loss_bound",
+    "functional_lower_bounds",
+]
 
 CERTIFY_SLACK = 1e-5
 RADIUS_RTOL = 5e-3  # bisection stops once the bracket is this tight (relative)
@@ -73,6 +80,7 @@ def functional_lower_bounds(
     method: str,
     logits: torch.Tensor,
     target: torch.Tensor | None = None,
+    candidates: list[Bounds] | None = None,
 ) -> torch.Tensor:
     """Sound lower bounds of ``rows · f(x')`` over the input set ``s`` (the engine behind the public functions).
 
@@ -84,12 +92,16 @@ def functional_lower_bounds(
     :param target: Optional ``(B, 1)`` or ``(B, M)`` thresholds: a row whose global Lipschitz bound already exceeds
         its threshold keeps that bound (still sound) instead of being refined, which saves most of the work when
         certifying (a margin far from the decision boundary needs no local analysis).
+    :param candidates: The method's pre-activation bounds on ``s`` from :func:`candidate_bounds`, when the caller
+        needs them too (computed here otherwise); only without ``target``.
     :return: ``(B, M)`` lower bounds, the largest of the method's sound bounds.
-    :raises ValueError: If ``target`` has another shape.
+    :raises ValueError: If ``target`` has another shape, or both ``target`` and ``candidates`` are given.
     """
     b, m = logits.shape[0], rows.shape[1]
     if target is not None and (target.ndim != 2 or target.shape[0] != b or target.shape[1] not in (1, m)):
         raise ValueError(f"`target` must have shape ({b}, 1) or ({b}, {m}), got {tuple(target.shape)}.")
+    if target is not None and candidates is not None:
+        raise ValueError("`candidates` are bounds on the whole input set: give them only without `target`.")
     with torch.no_grad():
         value = (rows * logits[:, None]).sum(-1)
         low = value - s.eps[:, None] * row_lipschitz(net, rows, s.norm)
@@ -100,9 +112,8 @@ def functional_lower_bounds(
         if samples.numel() == 0:
             return low
         uniq, inverse = torch.unique(samples, return_inverse=True)
-        sub = s.subset(uniq)
-        ibp = interval_bounds(net, sub)
-        candidates = [ibp] if method == "interval" else [ibp, linear_bounds(net, sub, ibp)]
+        sub = s if target is None else s.subset(uniq)
+        candidates = candidate_bounds(net, sub, method) if candidates is None else candidates
         full = rows.expand(low.shape[0], *rows.shape[1:])
         if bool(need.all()):  # every row of every sample: keep the (B, M) layout
             pairs, prows, pvalue = sub, full, value
@@ -118,6 +129,20 @@ def functional_lower_bounds(
             return torch.maximum(low, refined)
         low[samples, which] = torch.maximum(low[samples, which], refined[:, 0])
         return low
+
+
+def candidate_bounds(net: PiecewiseLinearNetwork, s: InputSet, method: str) -> list[Bounds]:
+    """The pre-activation bounds a method works from: interval bounds, and for ``"linear"`` also CROWN's.
+
+    :param net: The network.
+    :param s: The input set.
+    :param method: ``"lipschitz"`` (none), ``"interval"`` or ``"linear"``.
+    :return: A list of :class:`~art_jacreg.certify.intervals.Bounds`, the tightest last.
+    """
+    if method == "lipschitz":
+        return []
+    ibp = interval_bounds(net, s)
+    return [ibp] if method == "interval" else [ibp, linear_bounds(net, s, ibp)]
 
 
 def _relaxation_lower(
@@ -164,9 +189,10 @@ def _margin_lower(
     method: str,
     logits: torch.Tensor,
     target: torch.Tensor | None = None,
+    candidates: list[Bounds] | None = None,
 ) -> torch.Tensor:
     rows, _ = margin_rows(labels, net.num_classes)
-    return functional_lower_bounds(net, s, rows, method, logits, target)
+    return functional_lower_bounds(net, s, rows, method, logits, target, candidates)
 
 
 def _slack(logits: torch.Tensor) -> torch.Tensor:
@@ -324,13 +350,12 @@ def certified_loss_bound(
     labels = validate_labels(labels, s.x.shape[0], net.num_classes)
     with torch.no_grad():
         loss = torch.logsumexp(logits, dim=1) - logits.gather(1, labels[:, None])[:, 0]
-        low = _margin_lower(net, s, labels, method, logits)
+        candidates = candidate_bounds(net, s, method)  # shared by the margin bounds and the Jacobian bound
+        low = _margin_lower(net, s, labels, method, logits, candidates=candidates)
         bound_b = torch.logsumexp(torch.cat([torch.zeros_like(low[:, :1]), -low], dim=1), dim=1)
         sup_j = torch.full_like(loss, global_lipschitz_bound(net, s.norm))
-        if method != "lipschitz":
-            bounds = interval_bounds(net, s)
-            if method == "linear":
-                bounds = linear_bounds(net, s, bounds)
+        if candidates:
+            bounds = candidates[-1]
             reduce = spectral_norm_bound if s.norm == 2 else l11_norm_bound
 
             def split_norm(c: torch.Tensor, r: torch.Tensor, i: int) -> torch.Tensor:
