@@ -189,7 +189,7 @@ def margins(classifier: PyTorchClassifier, x: np.ndarray, y: np.ndarray, batch_s
 
     :param classifier: An ART ``PyTorchClassifier``.
     :param x: Inputs ``(N, *input_shape)`` in raw units.
-    :param y: Labels (indices or one-hot).
+    :param y: Labels, indices ``(N,)`` or exact one-hot ``(N, nb_classes)`` (soft labels are refused).
     :param batch_size: Samples per forward pass.
     :return: float64 array ``(N,)``.
     """
@@ -253,9 +253,9 @@ def empirical_gap(
 
     :param classifier: An ART ``PyTorchClassifier``.
     :param x_train: Training inputs (raw units).
-    :param y_train: Training labels.
+    :param y_train: Training labels, indices or exact one-hot.
     :param x_test: Test inputs.
-    :param y_test: Test labels.
+    :param y_test: Test labels, indices or exact one-hot.
     :param eps: Attack radius in raw units; ``0`` gives the standard gap.
     :param norm: ``2`` or ``np.inf``.
     :param attack: An attack of :mod:`art_jacreg.attacks` (default ART AutoAttack with APGD-CE and APGD-DLR).
@@ -478,9 +478,9 @@ def generalization_report(
 
     :param classifier: An ART ``PyTorchClassifier`` whose model the certifiers support.
     :param x_train: Training inputs (raw units); pass a subset to keep the attack affordable.
-    :param y_train: Training labels.
+    :param y_train: Training labels, indices or exact one-hot.
     :param x_test: Test inputs.
-    :param y_test: Test labels.
+    :param y_test: Test labels, indices or exact one-hot.
     :param eps: Attack radius per norm for the robust gaps, e.g. ``{"2": 1.0, "inf": 0.1}``; ``None`` skips them.
     :param attack: Attack for the robust gaps (see :mod:`art_jacreg.attacks`).
     :param attack_params: Attack parameter overrides, e.g. ``{"max_iter": 20}``.

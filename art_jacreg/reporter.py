@@ -312,7 +312,8 @@ class JacobianBoundReporter(PyTorchClassifier):
           (at least the clean loss), and whether it found a misclassified point.
 
         :param x: Inputs ``(N, *input_shape)`` in raw units (not modified).
-        :param y: Labels, indices ``(N,)`` or one-hot ``(N, nb_classes)`` (not modified).
+        :param y: Labels, indices ``(N,)`` or exact one-hot ``(N, nb_classes)`` (not modified); soft labels, all-zero
+            and negated rows are refused.
         :param eps: Radius ``>= 0``, raw input units.
         :param norm: ``2`` or ``np.inf``.
         :param attack: ``"apgd"`` (ART APGD, cross-entropy), ``"autoattack"`` (ART AutoAttack with APGD-CE and
