@@ -166,9 +166,26 @@ def _model_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     return params + [(f"buffer {n}", t) for n, t in model.named_buffers()]
 
 
-def _model_structure(model: torch.nn.Module) -> tuple[tuple[str, type, str], ...]:
-    """Name, type and settings (``extra_repr``: shapes, strides, paddings...) of every submodule."""
-    return tuple((name, type(m), m.extra_repr()) for name, m in model.named_modules())
+_SETTING_TYPES = (bool, int, float, str, tuple)
+
+
+def _model_structure(model: torch.nn.Module) -> tuple[tuple[Any, ...], ...]:
+    """Name, type and settings of every submodule: its ``extra_repr`` (shapes, strides, paddings...) and its public
+    plain-value attributes (e.g. a ``scale`` its ``forward`` reads), the train/eval flag excepted.
+    """
+    return tuple(
+        (
+            name,
+            type(m),
+            m.extra_repr(),
+            tuple(
+                (k, v)
+                for k, v in sorted(vars(m).items())
+                if not k.startswith("_") and k != "training" and isinstance(v, _SETTING_TYPES)
+            ),
+        )
+        for name, m in model.named_modules()
+    )
 
 
 class _CachedNetwork:
@@ -207,11 +224,13 @@ def network_of(classifier: Any) -> Any:
     The network is built by :func:`art_jacreg.certify.build_network` (a float64 copy of the model in evaluation mode,
     preprocessing folded in as the first operation; the model's modes are restored). It is reused only while the
     model is *equal in value* to the one it was built from: every parameter and buffer is compared, element by
-    element, with a copy stored at build time, and the module structure (names, types and ``extra_repr`` settings
-    of all submodules), ``input_shape`` and the preprocessing values must match too. Any change (an optimizer step,
-    an in-place ``.data`` edit, ``load_state_dict``, a swapped submodule) rebuilds it, so certificates always follow
-    the current weights, and so do the caches the certifiers store on the network object. The cache costs one copy
-    of the model's tensors; it lives in the module-level weak dictionary ``_NETWORKS`` keyed on the model.
+    element, with a copy stored at build time, and the module structure (names, types, ``extra_repr`` and public
+    plain-value attributes of all submodules), ``input_shape`` and the preprocessing values must match too. Any
+    change (an optimizer step, an in-place ``.data`` edit, ``load_state_dict``, a swapped submodule, a new stride)
+    rebuilds it, so certificates always follow the current weights, and so do the caches the certifiers store on the
+    network object (it holds float64 copies, never the model's tensors). The cache costs one copy of the model's
+    tensors; it lives in the module-level weak dictionary ``_NETWORKS`` keyed on the model. Not detected: a
+    ``forward`` replaced on the instance or reading non-plain attributes.
 
     :param classifier: An ART ``PyTorchClassifier``.
     :return: A :class:`~art_jacreg.certify.PiecewiseLinearNetwork`.

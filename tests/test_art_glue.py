@@ -201,3 +201,22 @@ def test_float32_and_logit_count_checks() -> None:
     clf.model.double()
     with pytest.raises(TypeError, match=r"float64 parameters.*model.float\(\)"):
         _art.check_float32_model(clf)
+
+
+def test_network_of_sees_plain_settings_read_by_forward_but_not_modes() -> None:
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(784, 10)
+            self.scale = 1.0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.scale * self.fc(x.flatten(1))
+
+    clf = make_classifier(Scaled())
+    net = _art.network_of(clf)
+    clf.model.train()
+    assert _art.network_of(clf) is net  # the train/eval flag is not part of the network
+    clf.model.scale = 3.0
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    torch.testing.assert_close(_art.network_of(clf)(x), 3.0 * net(x))
