@@ -1,24 +1,25 @@
 """Thin glue between ART's :class:`PyTorchClassifier` and the torch-only mathematics of the package.
 
 Everything that touches ART internals lives here, tested once: the differentiable forward pass through ART's
-``preprocessing`` (so Jacobians are taken w.r.t. the raw input the attacker perturbs), label normalisation, and the
-argument validation shared by the trainer and the reporter.
+``preprocessing`` (so Jacobians are taken w.r.t. the raw input the attacker perturbs), the checks of the model a
+certificate is about, the context that leaves the user's model as found, and :func:`network_of`, the one cached
+certifiable network of a classifier. Argument validation itself lives in :mod:`art_jacreg._validate`; the
+``validate_*`` names here are kept for compatibility.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import numbers
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from art_jacreg import _validate
+
 if TYPE_CHECKING:
     import torch
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "check_pytorch_classifier",
@@ -29,6 +30,10 @@ __all__ = [
     "validate_eps",
     "validate_norm",
     "validate_positive_int",
+    "check_float32_model",
+    "check_logit_count",
+    "network_of",
+    "preserved_model_state",
     "model_mode",
     "seeded",
 ]
@@ -107,108 +112,183 @@ def validate_x(x: Any, classifier: Any, name: str = "x") -> np.ndarray:
     :param classifier: The ART classifier the input is for.
     :param name: Argument name used in error messages.
     :return: A new float32 array (the caller's array is never modified).
+    :raises TypeError: If ``x`` is not numeric.
     :raises ValueError: On a wrong shape, an empty batch, or NaN/inf values.
     """
-    try:
-        arr = np.array(x, dtype=np.float32, copy=True)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"`{name}` must be a numeric array, got {type(x).__name__}.") from err
-    expected = tuple(classifier.input_shape)
-    if arr.ndim != len(expected) + 1 or tuple(arr.shape[1:]) != expected:
-        raise ValueError(
-            f"`{name}` must have shape (N, {', '.join(str(s) for s in expected)}) to match the classifier's "
-            f"input_shape, got {tuple(arr.shape)}."
+    return _validate.validate_x(x, tuple(classifier.input_shape), name=name)
+
+
+# The vocabulary lives in art_jacreg._validate; these names are kept importable from here.
+validate_labels = _validate.validate_labels
+validate_eps = _validate.validate_eps
+validate_norm = _validate.validate_norm
+validate_positive_int = _validate.validate_positive_int
+
+
+def check_float32_model(classifier: Any, name: str = "classifier") -> None:
+    """Check that the classifier's model computes in float32, the dtype ART feeds it.
+
+    :param classifier: An ART ``PyTorchClassifier``.
+    :param name: Argument name used in error messages.
+    :raises TypeError: If a floating-point parameter or buffer is not float32 (e.g. after ``model.double()``).
+    """
+    import torch
+
+    found = {
+        str(t.dtype).replace("torch.", "")
+        for t in (*classifier.model.parameters(), *classifier.model.buffers())
+        if t.is_floating_point() and t.dtype != torch.float32
+    }
+    if found:
+        raise TypeError(
+            f"`{name}` wraps a model with {', '.join(sorted(found))} parameters, but ART's PyTorchClassifier feeds "
+            "it float32 inputs; convert it with `model.float()` (certificates are computed in float64 anyway)."
         )
-    if arr.shape[0] == 0:
-        raise ValueError(f"`{name}` is empty; at least one sample is needed.")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"`{name}` contains NaN or inf values.")
-    return arr
 
 
-def validate_labels(y: Any, n_samples: int, nb_classes: int, name: str = "y") -> np.ndarray:
-    """Normalise labels given as indices ``(N,)`` or one-hot / probabilities ``(N, K)`` into int64 indices.
+def check_logit_count(classifier: Any, num_logits: int, name: str = "classifier") -> None:
+    """Check that the model outputs as many logits as the classifier's ``nb_classes``.
 
-    :param y: The labels.
-    :param n_samples: Expected number of labels.
-    :param nb_classes: Number of classes ``K``.
+    :param classifier: An ART ``PyTorchClassifier``.
+    :param num_logits: Number of logits the model outputs.
     :param name: Argument name used in error messages.
-    :return: A new int64 array of shape ``(N,)``.
-    :raises ValueError: On a wrong length or shape, non-integer indices, or labels outside ``[0, K)``.
+    :raises ValueError: If they differ.
     """
+    if int(num_logits) != int(classifier.nb_classes):
+        raise ValueError(
+            f"`{name}` declares nb_classes={classifier.nb_classes} but its model outputs {num_logits} logits; "
+            "pass the model's number of outputs as nb_classes (or fix the model's last layer)."
+        )
+
+
+def _model_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    params = [(f"parameter {n}", t) for n, t in model.named_parameters()]
+    return params + [(f"buffer {n}", t) for n, t in model.named_buffers()]
+
+
+_SETTING_TYPES = (bool, int, float, str, tuple)
+
+
+def _model_structure(model: torch.nn.Module) -> tuple[tuple[Any, ...], ...]:
+    """Name, type and settings of every submodule: its ``extra_repr`` (shapes, strides, paddings...) and its public
+    plain-value attributes (e.g. a ``scale`` its ``forward`` reads), the train/eval flag excepted.
+    """
+    return tuple(
+        (
+            name,
+            type(m),
+            m.extra_repr(),
+            tuple(
+                (k, v)
+                for k, v in sorted(vars(m).items())
+                if not k.startswith("_") and k != "training" and isinstance(v, _SETTING_TYPES)
+            ),
+        )
+        for name, m in model.named_modules()
+    )
+
+
+class _CachedNetwork:
+    """A built network with the exact values it was built from (copies, compared by value, never by address)."""
+
+    def __init__(self, model: torch.nn.Module, network: Any) -> None:
+        self.structure = _model_structure(model)
+        self.tensors = [(n, t.detach().clone()) for n, t in _model_tensors(model)]
+        self.network = network
+
+    def matches(self, model: torch.nn.Module) -> bool:
+        import torch
+
+        if _model_structure(model) != self.structure:
+            return False
+        current = _model_tensors(model)
+        if len(current) != len(self.tensors):
+            return False
+        for (name, t), (stored_name, stored) in zip(current, self.tensors):
+            if name != stored_name or t.dtype != stored.dtype or t.shape != stored.shape or t.device != stored.device:
+                return False
+            if not torch.equal(t.detach(), stored):
+                return False
+        return True
+
+
+#: The cache of :func:`network_of`: model -> {(input_shape, preprocessing values): _CachedNetwork}. Weak keys, so a
+#: model that is garbage collected takes its entries with it; at most ``_CONFIGS_PER_MODEL`` entries per model.
+_NETWORKS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], _CachedNetwork]] = weakref.WeakKeyDictionary()
+_CONFIGS_PER_MODEL = 4
+
+
+def network_of(classifier: Any) -> Any:
+    """The certifiable network of the classifier's current model and preprocessing, cached on the weights' values.
+
+    The network is built by :func:`art_jacreg.certify.build_network` (a float64 copy of the model in evaluation mode,
+    preprocessing folded in as the first operation; the model's modes are restored). It is reused only while the
+    model is *equal in value* to the one it was built from: every parameter and buffer is compared, element by
+    element, with a copy stored at build time, and the module structure (names, types, ``extra_repr`` and public
+    plain-value attributes of all submodules), ``input_shape`` and the preprocessing values must match too. Any
+    change (an optimizer step, an in-place ``.data`` edit, ``load_state_dict``, a swapped submodule, a new stride)
+    rebuilds it, so certificates always follow the current weights, and so do the caches the certifiers store on the
+    network object (it holds float64 copies, never the model's tensors). The cache costs one copy of the model's
+    tensors; it lives in the module-level weak dictionary ``_NETWORKS`` keyed on the model. Not detected: a
+    ``forward`` replaced on the instance or reading non-plain attributes.
+
+    :param classifier: An ART ``PyTorchClassifier``.
+    :return: A :class:`~art_jacreg.certify.PiecewiseLinearNetwork`.
+    :raises TypeError: If ``classifier`` is not a ``PyTorchClassifier``.
+    :raises UnsupportedOperationError: If the model contains an operation the certifiers do not support.
+    """
+    import art_jacreg.certify as certify
+
+    affine = preprocessing_affine(classifier)  # also checks the classifier
+    model = classifier.model
+    config = (
+        tuple(int(s) for s in classifier.input_shape),
+        None if affine is None else tuple((a.dtype.str, a.shape, a.tobytes()) for a in affine),
+    )
+    entries = _NETWORKS.setdefault(model, {})
+    cached = entries.get(config)
+    if cached is not None and cached.matches(model):
+        return cached.network
+    with model_mode(model, False):
+        network = certify.build_network(model, config[0], preprocessing=affine)
+    entries.pop(config, None)
+    entries[config] = _CachedNetwork(model, network)
+    while len(entries) > _CONFIGS_PER_MODEL:
+        entries.pop(next(iter(entries)))
+    return network
+
+
+@contextlib.contextmanager
+def preserved_model_state(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Leave the model exactly as found: train/eval modes, ``requires_grad`` flags and ``.grad`` of every parameter.
+
+    ART's ``predict``, gradients and attacks switch the model to eval mode and accumulate ``.grad`` on the
+    parameters; inside this context they may, and everything is restored on exit (``None`` grads become ``None``
+    again, existing grads get their values back in their original tensors).
+
+    :param model: The module.
+    :return: A context manager yielding the module.
+    """
+    import torch
+
+    modes = {m: m.training for m in model.modules()}
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    grads = [(p.grad, None if p.grad is None else p.grad.detach().clone()) for p in params]
     try:
-        arr = np.asarray(y)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"`{name}` must be an array of labels, got {type(y).__name__}.") from err
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim == 2:
-        if arr.shape[1] != nb_classes:
-            raise ValueError(f"`{name}` is 2-D, so it must be one-hot with {nb_classes} columns, got {arr.shape}.")
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"`{name}` contains NaN or inf values.")
-        indices = np.argmax(arr, axis=1).astype(np.int64)
-    elif arr.ndim == 1:
-        if arr.dtype.kind == "f":
-            if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-                raise ValueError(f"`{name}` as 1-D labels must hold integer class indices.")
-        elif arr.dtype.kind not in "iub":
-            raise ValueError(f"`{name}` must hold integer class indices, got dtype {arr.dtype}.")
-        indices = arr.astype(np.int64)
-        if indices.size and (indices.min() < 0 or indices.max() >= nb_classes):
-            raise ValueError(
-                f"`{name}` holds labels out of range: expected values in [0, {nb_classes - 1}], "
-                f"got min {indices.min()} and max {indices.max()}."
-            )
-    else:
-        raise ValueError(f"`{name}` must be class indices (N,) or one-hot (N, {nb_classes}), got shape {arr.shape}.")
-    if indices.shape[0] != n_samples:
-        raise ValueError(f"`{name}` has {indices.shape[0]} labels but there are {n_samples} samples.")
-    return indices
-
-
-def validate_eps(eps: Any, name: str = "eps", allow_zero: bool = True) -> float:
-    """Validate a perturbation radius.
-
-    :param eps: The radius (raw-input units).
-    :param name: Argument name used in error messages.
-    :param allow_zero: Whether ``0`` is accepted.
-    :return: ``eps`` as a float.
-    :raises ValueError: If it is not a finite number ``>= 0`` (``> 0`` when ``allow_zero`` is False).
-    """
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"`{name}` must be a real number, got {type(eps).__name__}.")
-    value = float(eps)
-    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"`{name}` must be a finite number {bound}, got {eps!r}.")
-    return value
-
-
-def validate_norm(norm: Any, name: str = "norm") -> float:
-    """Normalise a threat-model norm to ``2.0`` or ``np.inf``.
-
-    :param norm: ``2``, ``"2"``, ``"l2"``, ``np.inf``, ``"inf"`` or ``"linf"``.
-    :param name: Argument name used in error messages.
-    :return: ``2.0`` or ``np.inf``.
-    :raises ValueError: For any other value.
-    """
-    from art_jacreg.certify._common import validate_norm as _validate_norm
-
-    return _validate_norm(norm, name=name)
-
-
-def validate_positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    """Validate an integer argument that must be at least ``minimum``.
-
-    :param value: The value.
-    :param name: Argument name used in error messages.
-    :param minimum: Smallest accepted value.
-    :return: ``value`` as an int.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
+        yield model
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+        for p, flag, (grad, values) in zip(params, flags, grads):
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+            if grad is None:
+                p.grad = None
+            else:
+                with torch.no_grad():
+                    grad.copy_(values)
+                p.grad = grad
 
 
 @contextlib.contextmanager

@@ -1,17 +1,289 @@
 """One vocabulary for argument validation, shared by the mathematics, the ART layer and the CLI (no ART imports).
 
 Every validator names the argument it checks and says what was expected, so bad input is refused at the boundary
-with a clear message instead of a stack trace from deep inside torch.
+with a clear message instead of a stack trace from deep inside torch. Nothing here reinterprets bad input silently:
+2-D labels must be exact one-hot rows, norms must be one of the known spellings of ``2`` and ``inf``.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from typing import Any
 
 import numpy as np
 
-__all__ = ["check_clip_range"]
+__all__ = [
+    "NORM_SPELLINGS",
+    "METHODS",
+    "ATTACKS",
+    "ONE_HOT_TOLERANCE",
+    "validate_norm",
+    "norm_key",
+    "norm_label",
+    "validate_method",
+    "validate_attack",
+    "validate_eps",
+    "validate_eps_per_sample",
+    "validate_positive_int",
+    "validate_labels",
+    "check_input_shape",
+    "check_finite",
+    "validate_x",
+    "check_clip_range",
+]
+
+#: Accepted string spellings of the two threat-model norms (compared after ``strip().lower()``).
+NORM_SPELLINGS: dict[str, float] = {
+    **dict.fromkeys(("2", "2.0", "l2", "l_2", "l-2"), 2.0),
+    **dict.fromkeys(("inf", "np.inf", "infinity", "linf", "l-inf", "l_inf", "l∞", "∞"), math.inf),
+}
+
+#: Certification methods, from the loosest and fastest to the tightest.
+METHODS = ("lipschitz", "interval", "linear")
+
+#: Attacks of :mod:`art_jacreg.attacks`.
+ATTACKS = ("apgd", "autoattack", "torchattacks", "pgd")
+
+#: Absolute tolerance on the entries of one-hot label rows (``1 ± tol`` and ``0 ± tol``).
+ONE_HOT_TOLERANCE = 1e-6
+
+
+def validate_norm(norm: Any, name: str = "norm") -> float:
+    """Normalise a threat-model norm to ``2.0`` or ``math.inf`` (the package's single implementation).
+
+    :param norm: ``2``, ``2.0``, ``np.inf`` or a string of :data:`NORM_SPELLINGS` (``"2"``, ``"l2"``, ``"L2"``,
+        ``"inf"``, ``"linf"``, ``"l-inf"``, ...), case-insensitive.
+    :param name: Argument name used in error messages.
+    :return: ``2.0`` or ``math.inf``.
+    :raises ValueError: For any other value.
+    """
+    if isinstance(norm, str):
+        value = NORM_SPELLINGS.get(norm.strip().lower())
+        if value is not None:
+            return value
+    elif isinstance(norm, numbers.Real) and not isinstance(norm, bool):
+        if float(norm) in (2.0, math.inf):
+            return float(norm)
+    raise ValueError(
+        f"`{name}` must be 2 or np.inf (also accepted: '2', 'l2', 'L2', 'inf', 'linf', 'l-inf'), got {norm!r}."
+    )
+
+
+def norm_key(norm: Any) -> str:
+    """The key of a norm in dicts and files: ``"2"`` or ``"inf"``.
+
+    :param norm: Any spelling accepted by :func:`validate_norm`.
+    :return: ``"2"`` or ``"inf"``.
+    :raises ValueError: For an unknown norm.
+    """
+    return "inf" if validate_norm(norm) == math.inf else "2"
+
+
+def norm_label(norm: Any, ascii_only: bool = False) -> str:
+    """The display label of a norm: ``"l2"`` or ``"l∞"`` (``"linf"`` with ``ascii_only=True``).
+
+    :param norm: Any spelling accepted by :func:`validate_norm`.
+    :param ascii_only: Use ``"linf"`` instead of ``"l∞"``.
+    :return: The label.
+    :raises ValueError: For an unknown norm.
+    """
+    if validate_norm(norm) == 2.0:
+        return "l2"
+    return "linf" if ascii_only else "l∞"
+
+
+def _choice(value: Any, choices: tuple[str, ...], name: str) -> str:
+    key = value.strip().lower() if isinstance(value, str) else value
+    if key not in choices:
+        raise ValueError(f"`{name}` must be one of {', '.join(repr(c) for c in choices)}, got {value!r}.")
+    return key
+
+
+def validate_method(method: Any, name: str = "method") -> str:
+    """Check a certification method name.
+
+    :param method: One of :data:`METHODS` (case-insensitive).
+    :param name: Argument name used in error messages.
+    :return: The lower-cased name.
+    :raises ValueError: For any other value.
+    """
+    return _choice(method, METHODS, name)
+
+
+def validate_attack(attack: Any, name: str = "attack") -> str:
+    """Check an attack name.
+
+    :param attack: One of :data:`ATTACKS` (case-insensitive).
+    :param name: Argument name used in error messages.
+    :return: The lower-cased name.
+    :raises ValueError: For an unknown attack.
+    """
+    return _choice(attack, ATTACKS, name)
+
+
+def validate_eps(eps: Any, name: str = "eps", allow_zero: bool = True) -> float:
+    """Validate one perturbation radius.
+
+    :param eps: The radius (raw-input units).
+    :param name: Argument name used in error messages.
+    :param allow_zero: Whether ``0`` is accepted.
+    :return: ``eps`` as a float.
+    :raises TypeError: If it is not a real number.
+    :raises ValueError: If it is not finite and ``>= 0`` (``> 0`` when ``allow_zero`` is False).
+    """
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"`{name}` must be a real number, got {type(eps).__name__}.")
+    value = float(eps)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"`{name}` must be a finite number {bound}, got {eps!r}.")
+    return value
+
+
+def validate_eps_per_sample(eps: Any, n: int, name: str = "eps") -> np.ndarray:
+    """A radius per sample: a number or an array ``(n,)``, finite and ``>= 0``.
+
+    :param eps: The radius or radii (array-like; torch tensors must be on the CPU).
+    :param n: Number of samples.
+    :param name: Argument name used in error messages.
+    :return: A new float64 array ``(n,)``.
+    :raises ValueError: Otherwise.
+    """
+    try:
+        arr = np.array(eps, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is not None and arr.ndim == 0:
+        arr = np.full(n, float(arr))
+    if arr is None or arr.shape != (n,) or not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise ValueError(f"`{name}` must be a finite number >= 0 or an array of {n} such numbers, got {eps!r}.")
+    return arr
+
+
+def validate_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """Validate an integer argument that must be at least ``minimum``.
+
+    :param value: The value.
+    :param name: Argument name used in error messages.
+    :param minimum: Smallest accepted value.
+    :return: ``value`` as an int.
+    :raises ValueError: If it is not an integer ``>= minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _one_hot_indices(arr: np.ndarray, name: str) -> np.ndarray:
+    """Indices of exact one-hot rows; refuses any other row, naming the first bad one."""
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"`{name}` must be numeric one-hot rows, got dtype {arr.dtype}.")
+    values = arr.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"`{name}` contains NaN or inf values.")
+    ones = np.abs(values - 1.0) <= ONE_HOT_TOLERANCE
+    zeros = np.abs(values) <= ONE_HOT_TOLERANCE
+    good = (ones.sum(axis=1) == 1) & (zeros.sum(axis=1) == values.shape[1] - 1)
+    if not np.all(good):
+        row = int(np.flatnonzero(~good)[0])
+        shown = np.array2string(values[row], precision=4, threshold=12, separator=", ")
+        raise ValueError(
+            f"`{name}` is 2-D, so it must be one-hot: every row exactly one entry 1 and the others 0 (tolerance "
+            f"{ONE_HOT_TOLERANCE:g}); row {row} is {shown}. All-zero, negated, multi-hot and soft-label rows are "
+            "refused; pass class indices of shape (N,) instead."
+        )
+    return np.argmax(ones, axis=1).astype(np.int64)
+
+
+def validate_labels(y: Any, n_samples: int, nb_classes: int, name: str = "y") -> np.ndarray:
+    """Labels as int64 class indices, from indices ``(N,)`` (or ``(N, 1)``) or exact one-hot rows ``(N, K)``.
+
+    :param y: The labels (array-like; torch tensors must be on the CPU).
+    :param n_samples: Expected number of labels ``N``.
+    :param nb_classes: Number of classes ``K``.
+    :param name: Argument name used in error messages.
+    :return: A new int64 array of shape ``(N,)``.
+    :raises TypeError: If ``y`` is not array-like.
+    :raises ValueError: On a wrong length or shape, non-integer indices, labels outside ``[0, K)``, or 2-D rows that
+        are not exactly one-hot (soft labels are not supported).
+    """
+    try:
+        arr = np.asarray(y)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"`{name}` must be an array of labels, got {type(y).__name__}.") from err
+    if arr.ndim == 2 and arr.shape[1] == 1 and nb_classes != 1:
+        arr = arr[:, 0]
+    if arr.ndim == 2:
+        if arr.shape[1] != nb_classes:
+            raise ValueError(f"`{name}` is 2-D, so it must be one-hot with {nb_classes} columns, got {arr.shape}.")
+        indices = _one_hot_indices(arr, name)
+    elif arr.ndim == 1:
+        if arr.dtype.kind == "f":
+            if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+                raise ValueError(f"`{name}` as 1-D labels must hold integer class indices.")
+        elif arr.dtype.kind not in "iub":
+            raise ValueError(f"`{name}` must hold integer class indices, got dtype {arr.dtype}.")
+        indices = arr.astype(np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= nb_classes):
+            raise ValueError(
+                f"`{name}` holds labels out of range: expected values in [0, {nb_classes - 1}], "
+                f"got min {indices.min()} and max {indices.max()}."
+            )
+    else:
+        raise ValueError(f"`{name}` must be class indices (N,) or one-hot (N, {nb_classes}), got shape {arr.shape}.")
+    if indices.shape[0] != n_samples:
+        raise ValueError(f"`{name}` has {indices.shape[0]} labels but there are {n_samples} samples.")
+    return indices
+
+
+def check_input_shape(shape: tuple[int, ...], input_shape: tuple[int, ...], name: str = "x") -> None:
+    """Check that a batch shape is ``(N, *input_shape)``.
+
+    :param shape: The batch's shape.
+    :param input_shape: Shape of one input.
+    :param name: Argument name used in error messages.
+    :raises ValueError: Otherwise.
+    """
+    expected = tuple(int(s) for s in input_shape)
+    if len(shape) != len(expected) + 1 or tuple(shape[1:]) != expected:
+        raise ValueError(
+            f"`{name}` must have shape (N, {', '.join(str(s) for s in expected)}) to match input_shape "
+            f"{expected}, got {tuple(shape)}."
+        )
+
+
+def check_finite(arr: np.ndarray, name: str = "x") -> None:
+    """Refuse NaN and inf values.
+
+    :param arr: The array.
+    :param name: Argument name used in error messages.
+    :raises ValueError: If a value is NaN or infinite.
+    """
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"`{name}` contains NaN or inf values.")
+
+
+def validate_x(x: Any, input_shape: tuple[int, ...], name: str = "x") -> np.ndarray:
+    """Validate an input batch against ``input_shape`` and return a float32 copy.
+
+    :param x: Array-like of shape ``(N, *input_shape)``, ``N >= 1``.
+    :param input_shape: Shape of one input.
+    :param name: Argument name used in error messages.
+    :return: A new float32 array (the caller's array is never modified).
+    :raises TypeError: If ``x`` is not numeric.
+    :raises ValueError: On a wrong shape, an empty batch, or NaN/inf values.
+    """
+    try:
+        arr = np.array(x, dtype=np.float32, copy=True)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"`{name}` must be a numeric array, got {type(x).__name__}.") from err
+    check_input_shape(arr.shape, input_shape, name)
+    if arr.shape[0] == 0:
+        raise ValueError(f"`{name}` is empty; at least one sample is needed.")
+    check_finite(arr, name)
+    return arr
 
 
 def check_clip_range(x: np.ndarray, clip_values: Any, name: str = "x", error: bool = True) -> None:

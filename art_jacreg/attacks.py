@@ -18,29 +18,22 @@ Supported attacks: ``"apgd"`` (ART ``AutoProjectedGradientDescent``, cross-entro
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from art_jacreg import _validate
 from art_jacreg._art import logits_function, model_mode, seeded
 
 if TYPE_CHECKING:
     import torch
     from art.estimators.classification import PyTorchClassifier
 
-logger = logging.getLogger(__name__)
-
 __all__ = ["ATTACKS", "AttackResult", "validate_attack", "run_attack", "project", "evaluate"]
 
-ATTACKS = ("apgd", "autoattack", "torchattacks", "pgd")
-
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "apgd": {"max_iter": 100, "nb_random_init": 1},
-    "autoattack": {"max_iter": 100},
-    "torchattacks": {"steps": 100, "n_restarts": 1},
-    "pgd": {"max_iter": 40, "num_random_init": 1},
-}
+# The vocabulary lives in art_jacreg._validate; these names are kept importable from here.
+ATTACKS = _validate.ATTACKS
+validate_attack = _validate.validate_attack
 
 
 class AttackResult(NamedTuple):
@@ -58,20 +51,6 @@ class AttackResult(NamedTuple):
     loss: np.ndarray
     prediction: np.ndarray
     success: np.ndarray
-
-
-def validate_attack(attack: Any, name: str = "attack") -> str:
-    """Check an attack name.
-
-    :param attack: One of :data:`ATTACKS` (case-insensitive).
-    :param name: Argument name used in error messages.
-    :return: The normalised name.
-    :raises ValueError: For an unknown attack.
-    """
-    key = attack.strip().lower() if isinstance(attack, str) else attack
-    if key not in ATTACKS:
-        raise ValueError(f"`{name}` must be one of {', '.join(repr(a) for a in ATTACKS)}, got {attack!r}.")
-    return key
 
 
 def project(x_adv: np.ndarray, x: np.ndarray, eps: float, norm: float, clip_values: Any) -> np.ndarray:

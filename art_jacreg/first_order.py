@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import torch
 
+from art_jacreg._validate import validate_eps, validate_norm
 from art_jacreg.norms import frobenius_norm_sq, l11_norm
 
 __all__ = ["FirstOrderBounds", "first_order_bounds"]
@@ -43,7 +44,7 @@ class FirstOrderBounds(NamedTuple):
 
 
 def first_order_bounds(
-    func: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, eps: float, norm: float
+    func: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, eps: float, norm: float | str
 ) -> FirstOrderBounds:
     r"""The paper's first-order robust-loss estimates per sample, for an l2 or l-inf threat of radius ``eps``.
 
@@ -58,13 +59,14 @@ def first_order_bounds(
     :param x: Input batch.
     :param y: Integer labels ``(B,)``.
     :param eps: Radius of the threat ball, in the units of ``x`` (>= 0).
-    :param norm: ``2`` or ``float("inf")``.
+    :param norm: ``2`` or ``float("inf")``, or a spelling of :func:`art_jacreg._validate.validate_norm`
+        (``"l2"``, ``"linf"``, ...).
     :return: :class:`FirstOrderBounds` of detached ``(B,)`` tensors.
+    :raises TypeError: If ``eps`` is not a real number.
+    :raises ValueError: For a negative or non-finite ``eps``, an unknown ``norm`` or bad labels ``y``.
     """
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"`eps` must be a finite number >= 0, got {eps!r}.")
-    if norm not in (2, 2.0, math.inf):
-        raise ValueError(f"`norm` must be 2 or float('inf'), got {norm!r}.")
+    eps = validate_eps(eps)
+    norm = validate_norm(norm)
     y = torch.as_tensor(y, dtype=torch.long, device=x.device)
     if y.shape != (x.shape[0],):
         raise ValueError(f"`y` must hold one integer label per sample, shape ({x.shape[0]},), got {tuple(y.shape)}.")

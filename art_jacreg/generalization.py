@@ -19,19 +19,16 @@ Where the numeric bound is *vacuous* (larger than the range of the loss it bound
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from art_jacreg import _art
+from art_jacreg import _art, _validate
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "LayerNorms",
@@ -110,14 +107,6 @@ class Gap:
         return {**asdict(self), "loss_gap": self.loss_gap, "accuracy_gap": self.accuracy_gap}
 
 
-def _network(classifier: PyTorchClassifier) -> Any:
-    from art_jacreg.certify import build_network
-
-    _art.check_pytorch_classifier(classifier)
-    with _art.model_mode(classifier.model, False):
-        return build_network(classifier.model, tuple(classifier.input_shape), _art.preprocessing_affine(classifier))
-
-
 def layer_norms(classifier: PyTorchClassifier) -> list[LayerNorms]:
     """Spectral (upper bound), Frobenius and ``(2,1)`` norms of every linear layer, preprocessing included.
 
@@ -133,7 +122,7 @@ def layer_norms(classifier: PyTorchClassifier) -> list[LayerNorms]:
     from art_jacreg.certify import layer_operator_norms
     from art_jacreg.certify.ops import Affine, Conv2d, Linear
 
-    net = _network(classifier)
+    net = _art.network_of(classifier)
     spectral = layer_operator_norms(net, norm=2)
     out = []
     for i, (op, s) in enumerate(zip(net.ops, spectral)):
@@ -200,14 +189,14 @@ def margins(classifier: PyTorchClassifier, x: np.ndarray, y: np.ndarray, batch_s
 
     :param classifier: An ART ``PyTorchClassifier``.
     :param x: Inputs ``(N, *input_shape)`` in raw units.
-    :param y: Labels (indices or one-hot).
+    :param y: Labels, indices ``(N,)`` or exact one-hot ``(N, nb_classes)`` (soft labels are refused).
     :param batch_size: Samples per forward pass.
     :return: float64 array ``(N,)``.
     """
     import torch
 
     x = _art.validate_x(x, classifier)
-    labels = _art.validate_labels(y, x.shape[0], classifier.nb_classes)
+    labels = _validate.validate_labels(y, x.shape[0], classifier.nb_classes)
     func = _art.logits_function(classifier)
     out = []
     with torch.no_grad(), _art.model_mode(classifier.model, False):
@@ -233,7 +222,7 @@ def mean_jacobian_norms(classifier: PyTorchClassifier, x: np.ndarray, batch_size
     from art_jacreg.norms import frobenius_norm_sq, l11_norm
 
     x = _art.validate_x(x, classifier)
-    batch_size = _art.validate_positive_int(batch_size, "batch_size")
+    batch_size = _validate.validate_positive_int(batch_size, "batch_size")
     func = _art.logits_function(classifier)
     fro, l11 = [], []
     with _art.model_mode(classifier.model, False):
@@ -264,9 +253,9 @@ def empirical_gap(
 
     :param classifier: An ART ``PyTorchClassifier``.
     :param x_train: Training inputs (raw units).
-    :param y_train: Training labels.
+    :param y_train: Training labels, indices or exact one-hot.
     :param x_test: Test inputs.
-    :param y_test: Test labels.
+    :param y_test: Test labels, indices or exact one-hot.
     :param eps: Attack radius in raw units; ``0`` gives the standard gap.
     :param norm: ``2`` or ``np.inf``.
     :param attack: An attack of :mod:`art_jacreg.attacks` (default ART AutoAttack with APGD-CE and APGD-DLR).
@@ -277,20 +266,22 @@ def empirical_gap(
     """
     from art_jacreg.attacks import evaluate, run_attack
 
-    eps = _art.validate_eps(eps)
-    norm_value = _art.validate_norm(norm)
+    eps = _validate.validate_eps(eps)
+    norm_value = _validate.validate_norm(norm)
     values = []
     for x, y, name in ((x_train, y_train, "x_train"), (x_test, y_test, "x_test")):
         x = _art.validate_x(x, classifier, name=name)
-        labels = _art.validate_labels(y, x.shape[0], classifier.nb_classes, name="y" + name[1:])
-        if eps == 0:
-            loss, pred = evaluate(classifier, x, labels)
-            values.append((float(loss.mean()), float((pred == labels).mean())))
-        else:
-            res = run_attack(classifier, x, labels, eps, norm_value, attack, batch_size, attack_params, seed)
-            values.append((float(res.loss.mean()), float(1.0 - res.success.mean())))
-    norm_key = None if eps == 0 else ("inf" if norm_value == np.inf else "2")
-    return Gap(values[0][0], values[1][0], values[0][1], values[1][1], eps=eps, norm=norm_key)
+        labels = _validate.validate_labels(y, x.shape[0], classifier.nb_classes, name="y" + name[1:])
+        # The attacks accumulate parameter gradients and switch modes: leave the model as found.
+        with _art.preserved_model_state(classifier.model):
+            if eps == 0:
+                loss, pred = evaluate(classifier, x, labels)
+                values.append((float(loss.mean()), float((pred == labels).mean())))
+            else:
+                res = run_attack(classifier, x, labels, eps, norm_value, attack, batch_size, attack_params, seed)
+                values.append((float(res.loss.mean()), float(1.0 - res.success.mean())))
+    key = None if eps == 0 else _validate.norm_key(norm_value)
+    return Gap(values[0][0], values[1][0], values[0][1], values[1][1], eps=eps, norm=key)
 
 
 @dataclass
@@ -461,7 +452,7 @@ class GeneralizationReport:
             "|---|---|---|---|---|---|---|",
         ]
         gaps = [("standard", self.standard_gap)]
-        gaps += [(f"robust l{'∞' if k == 'inf' else '2'} eps {g.eps:g}", g) for k, g in self.robust_gaps.items()]
+        gaps += [(f"robust {_validate.norm_label(k)} eps {g.eps:g}", g) for k, g in self.robust_gaps.items()]
         for name, g in gaps:
             lines.append(
                 f"| {name} | {g.loss_train:.4f} | {g.loss_test:.4f} | {g.loss_gap:+.4f} | {g.accuracy_train:.4f} | "
@@ -487,9 +478,9 @@ def generalization_report(
 
     :param classifier: An ART ``PyTorchClassifier`` whose model the certifiers support.
     :param x_train: Training inputs (raw units); pass a subset to keep the attack affordable.
-    :param y_train: Training labels.
+    :param y_train: Training labels, indices or exact one-hot.
     :param x_test: Test inputs.
-    :param y_test: Test labels.
+    :param y_test: Test labels, indices or exact one-hot.
     :param eps: Attack radius per norm for the robust gaps, e.g. ``{"2": 1.0, "inf": 0.1}``; ``None`` skips them.
     :param attack: Attack for the robust gaps (see :mod:`art_jacreg.attacks`).
     :param attack_params: Attack parameter overrides, e.g. ``{"max_iter": 20}``.
@@ -501,15 +492,14 @@ def generalization_report(
     x_test = _art.validate_x(x_test, classifier, name="x_test")
     robust = {}
     for key, value in (eps or {}).items():
-        norm = _art.validate_norm(key, name="eps key")
-        norm_key = "inf" if norm == np.inf else "2"
-        robust[norm_key] = empirical_gap(
+        norm = _validate.validate_norm(key, name="eps key")
+        robust[_validate.norm_key(norm)] = empirical_gap(
             classifier,
             x_train,
             y_train,
             x_test,
             y_test,
-            _art.validate_eps(value, allow_zero=False),
+            _validate.validate_eps(value, allow_zero=False),
             norm,
             attack,
             attack_params,

@@ -20,8 +20,10 @@ Flatten/view/reshape, BatchNorm (eval) and Dropout (eval), as modules or functio
 preprocessing. Other models still predict, train and can be attacked; :meth:`~JacobianBoundReporter.certify`,
 :meth:`~JacobianBoundReporter.predict_bounds` and :meth:`~JacobianBoundReporter.report` raise
 :class:`~art_jacreg.certify.UnsupportedOperationError` (a ``TypeError``) naming the operation, at their first call.
-The network is re-read from the model at every call, so certificates always match the current weights. The user's
-model is never modified: no hooks, no weight changes, and its train/eval modes are restored.
+The certified network is cached on the *values* of the weights (:func:`art_jacreg._art.network_of`) and rebuilt on any
+change, so certificates always match the current weights. The user's model is left exactly as found: no hooks, no
+weight changes, and its train/eval modes, ``requires_grad`` flags and ``.grad`` tensors are restored after every
+call of the three methods. Inputs outside ``clip_values`` are refused, since a certificate for them is meaningless.
 
 | Paper link: https://arxiv.org/abs/2412.12449
 """
@@ -37,9 +39,9 @@ import numpy as np
 from art.estimators.classification import PyTorchClassifier
 from tqdm.auto import tqdm
 
-from art_jacreg import _art
-from art_jacreg.attacks import evaluate, run_attack, validate_attack
-from art_jacreg.certify._common import METHODS, validate_method
+from art_jacreg import _art, _validate
+from art_jacreg._validate import METHODS
+from art_jacreg.attacks import evaluate, run_attack
 from art_jacreg.report import BoundReport
 
 if TYPE_CHECKING:
@@ -52,20 +54,17 @@ __all__ = ["JacobianBoundReporter", "BoundReport", "METHODS"]
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _restoring_modes(method: _F) -> _F:
-    """Restore the train/eval mode of every submodule of the user's model after the call.
+def _preserving_model(method: _F) -> _F:
+    """Leave the user's model exactly as found after the call (modes, ``.grad``, ``requires_grad``).
 
-    ART's ``predict`` and attacks switch the model to eval mode and leave it there; the reporter's methods must not.
+    ART's ``predict`` and attacks switch the model to eval mode and accumulate parameter gradients; the reporter's
+    methods must not leave either behind (see :func:`art_jacreg._art.preserved_model_state`).
     """
 
     @functools.wraps(method)
     def wrapper(self: JacobianBoundReporter, *args: Any, **kwargs: Any) -> Any:
-        modes = {m: m.training for m in self.model.modules()}
-        try:
+        with _art.preserved_model_state(self.model):
             return method(self, *args, **kwargs)
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
 
     return wrapper  # type: ignore[return-value]
 
@@ -171,28 +170,20 @@ class JacobianBoundReporter(PyTorchClassifier):
     def _network(self) -> Any:
         """The certifiable network of the current model and preprocessing (raises if unsupported).
 
-        Cached, keyed on the identity, storage and version counter of every parameter and buffer (optimizer steps,
-        ``load_state_dict`` and BatchNorm statistics updates all bump it) and on the preprocessing, so the network
-        and the layer norms the certifiers cache on it are reused until the weights change.
+        :func:`art_jacreg._art.network_of`: cached on the weights' values, rebuilt on any change. Also checks that
+        the model computes in float32 and outputs ``nb_classes`` logits.
         """
-        from art_jacreg.certify import build_network
-
         _art.check_pytorch_classifier(self, name="classifier")
-        affine = _art.preprocessing_affine(self)
-        tensors = [*self.model.parameters(), *self.model.buffers()]
-        key = (
-            id(self.model),
-            tuple((id(t), t._version, t.data_ptr()) for t in tensors),
-            tuple(self.input_shape),
-            None if affine is None else tuple(np.asarray(a).tobytes() for a in affine),
-        )
-        cached = getattr(self, "_network_cache", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        with _art.model_mode(self.model, False):
-            net = build_network(self.model, tuple(self.input_shape), preprocessing=affine)
-        self._network_cache = (key, net)
+        _art.check_float32_model(self)
+        net = _art.network_of(self)
+        _art.check_logit_count(self, net.num_classes)
         return net
+
+    def _inputs(self, x: Any) -> np.ndarray:
+        """``x`` validated against ``input_shape`` and refused outside ``clip_values`` (a float32 copy)."""
+        x = _art.validate_x(x, self)
+        _validate.check_clip_range(x, self.clip_values, "x", error=True)
+        return x
 
     def _clip(self) -> tuple[np.ndarray, np.ndarray] | None:
         if self.clip_values is None:
@@ -216,7 +207,7 @@ class JacobianBoundReporter(PyTorchClassifier):
 
     # ------------------------------------------------------------------ public API
 
-    @_restoring_modes
+    @_preserving_model
     def certify(
         self, x: np.ndarray, norm: Any = 2, method: str = "interval", batch_size: int = 128, verbose: bool | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -234,15 +225,17 @@ class JacobianBoundReporter(PyTorchClassifier):
         :param verbose: Progress bar (default: the constructor's ``verbose``).
         :return: ``(prediction, radius)``: int64 predicted classes ``(N,)`` and float radii ``(N,)`` in raw input units
             (``0`` where nothing is certified).
-        :raises ValueError: On invalid arguments.
+        :raises ValueError: On invalid arguments, inputs outside ``clip_values`` (a certificate for them would be
+            meaningless), or a model whose number of logits differs from ``nb_classes``.
+        :raises TypeError: If the model is not float32 (e.g. after ``model.double()``).
         :raises UnsupportedOperationError: If the model contains an operation the certifiers do not support.
         """
         from art_jacreg.certify import certified_radius
 
-        x = _art.validate_x(x, self)
-        norm = _art.validate_norm(norm)
-        method = validate_method(method)
-        batch_size = _art.validate_positive_int(batch_size, "batch_size")
+        x = self._inputs(x)
+        norm = _validate.validate_norm(norm)
+        method = _validate.validate_method(method)
+        batch_size = _validate.validate_positive_int(batch_size, "batch_size")
         net, clip = self._network(), self._clip()
         preds, radii = [], []
         for start in self._batches(x.shape[0], batch_size, f"certify ({method})", verbose):
@@ -255,7 +248,7 @@ class JacobianBoundReporter(PyTorchClassifier):
         logger.info("certify(%s, norm=%s): median radius %.4g over %d samples", method, norm, np.median(radius), len(x))
         return prediction, radius
 
-    @_restoring_modes
+    @_preserving_model
     def predict_bounds(
         self,
         x: np.ndarray,
@@ -276,16 +269,18 @@ class JacobianBoundReporter(PyTorchClassifier):
         :param batch_size: Samples per batch.
         :param verbose: Progress bar (default: the constructor's ``verbose``).
         :return: float32 array ``(N, 2, nb_classes)``: ``[:, 0]`` lower and ``[:, 1]`` upper bounds.
-        :raises ValueError: On invalid arguments.
+        :raises ValueError: On invalid arguments, inputs outside ``clip_values`` (a certificate for them would be
+            meaningless), or a model whose number of logits differs from ``nb_classes``.
+        :raises TypeError: If the model is not float32 (e.g. after ``model.double()``).
         :raises UnsupportedOperationError: If the model contains an operation the certifiers do not support.
         """
         from art_jacreg.certify import logit_bounds
 
-        x = _art.validate_x(x, self)
-        eps = _art.validate_eps(eps)
-        norm = _art.validate_norm(norm)
-        method = validate_method(method)
-        batch_size = _art.validate_positive_int(batch_size, "batch_size")
+        x = self._inputs(x)
+        eps = _validate.validate_eps(eps)
+        norm = _validate.validate_norm(norm)
+        method = _validate.validate_method(method)
+        batch_size = _validate.validate_positive_int(batch_size, "batch_size")
         net, clip = self._network(), self._clip()
         out = []
         for start in self._batches(x.shape[0], batch_size, f"predict_bounds ({method})", verbose):
@@ -293,7 +288,7 @@ class JacobianBoundReporter(PyTorchClassifier):
             out.append(np.stack([lower.detach().cpu().numpy(), upper.detach().cpu().numpy()], axis=1))
         return np.concatenate(out).astype(np.float32)
 
-    @_restoring_modes
+    @_preserving_model
     def report(
         self,
         x: np.ndarray,
@@ -317,7 +312,8 @@ class JacobianBoundReporter(PyTorchClassifier):
           (at least the clean loss), and whether it found a misclassified point.
 
         :param x: Inputs ``(N, *input_shape)`` in raw units (not modified).
-        :param y: Labels, indices ``(N,)`` or one-hot ``(N, nb_classes)`` (not modified).
+        :param y: Labels, indices ``(N,)`` or exact one-hot ``(N, nb_classes)`` (not modified); soft labels, all-zero
+            and negated rows are refused.
         :param eps: Radius ``>= 0``, raw input units.
         :param norm: ``2`` or ``np.inf``.
         :param attack: ``"apgd"`` (ART APGD, cross-entropy), ``"autoattack"`` (ART AutoAttack with APGD-CE and
@@ -329,19 +325,21 @@ class JacobianBoundReporter(PyTorchClassifier):
         :param seed: Seed of the attack's random starts (global random states are restored).
         :param verbose: Progress bars (default: the constructor's ``verbose``).
         :return: The :class:`BoundReport`.
-        :raises ValueError: On invalid arguments.
+        :raises ValueError: On invalid arguments, inputs outside ``clip_values`` (a certificate for them would be
+            meaningless), or a model whose number of logits differs from ``nb_classes``.
+        :raises TypeError: If the model is not float32 (e.g. after ``model.double()``).
         :raises UnsupportedOperationError: If the model contains an operation the certifiers do not support.
         """
         from art_jacreg.certify import certified_loss_bound, certified_radius, certify_at
         from art_jacreg.first_order import first_order_bounds
 
-        x = _art.validate_x(x, self)
-        y = _art.validate_labels(y, x.shape[0], self.nb_classes)
-        eps = _art.validate_eps(eps)
-        norm = _art.validate_norm(norm)
-        attack = validate_attack(attack)
-        method = validate_method(method)
-        batch_size = _art.validate_positive_int(batch_size, "batch_size")
+        x = self._inputs(x)
+        y = _validate.validate_labels(y, x.shape[0], self.nb_classes)
+        eps = _validate.validate_eps(eps)
+        norm = _validate.validate_norm(norm)
+        attack = _validate.validate_attack(attack)
+        method = _validate.validate_method(method)
+        batch_size = _validate.validate_positive_int(batch_size, "batch_size")
         net, clip = self._network(), self._clip()
         func = _art.logits_function(self)
         cols: dict[str, list[np.ndarray]] = {k: [] for k in ("fo", "sur", "bound", "cert", "radius")}

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from art_jacreg import _art
 from art_jacreg.models import make_classifier, mnist_cnn
@@ -88,3 +93,130 @@ def test_model_mode_restores_every_submodule() -> None:
     with _art.model_mode(model, training=False):
         assert not any(m.training for m in model.modules())
     assert model.training and not model[0].training and model[1].training
+
+
+# ----------------------------------------------------------------------------------- network_of
+
+
+def _net_tensors(net) -> list[torch.Tensor]:
+    return [v for op in net.ops for v in vars(op).values() if isinstance(v, torch.Tensor)]
+
+
+def _small_classifier(preprocessing=(0.0, 1.0)):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 13 * 13, 10))
+    return make_classifier(model, preprocessing=preprocessing)
+
+
+def test_network_of_is_reused_while_the_values_are_equal() -> None:
+    clf = _small_classifier()
+    net = _art.network_of(clf)
+    assert _art.network_of(clf) is net
+    # A copy with equal values (new tensors, new addresses) is served from its own entry, equal by value.
+    other = make_classifier(copy.deepcopy(clf.model))
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    torch.testing.assert_close(_art.network_of(other)(x), net(x), rtol=0, atol=0)
+    # Re-assigning identical values is not a change.
+    clf.model.load_state_dict(copy.deepcopy(clf.model.state_dict()))
+    assert _art.network_of(clf) is net
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m[3].weight.data.mul_(1.5),
+        lambda m: m[0].bias.detach().numpy().__setitem__(0, 7.0),
+        lambda m: m.load_state_dict({**m.state_dict(), "3.bias": torch.ones(10)}),
+        lambda m: setattr(m, "3", nn.Linear(2 * 13 * 13, 10)),
+        lambda m: setattr(m[0], "padding", (1, 1)) or setattr(m, "3", nn.Linear(2 * 14 * 14, 10)),
+    ],
+    ids=["data", "numpy_view", "load_state_dict", "swapped_module", "changed_settings"],
+)
+def test_network_of_is_rebuilt_on_any_change(edit) -> None:
+    clf = _small_classifier()
+    net = _art.network_of(clf)
+    before = [t.clone() for t in _net_tensors(net)]
+    x = torch.rand(3, 1, 28, 28)
+    torch.manual_seed(1)
+    edit(clf.model)
+    rebuilt = _art.network_of(clf)
+    assert rebuilt is not net
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), clf.model.eval()(x).double(), rtol=1e-5, atol=1e-5)
+    # build_network copies the weights (float64): the old network and the caches on it never saw the edit.
+    assert all(torch.equal(a, b) for a, b in zip(before, _net_tensors(net)))
+    assert all(t.dtype == torch.float64 for t in _net_tensors(rebuilt))
+
+
+def test_network_of_keys_on_preprocessing_and_restores_modes() -> None:
+    clf = _small_classifier()
+    clf.model.train()
+    plain = _art.network_of(clf)
+    assert all(m.training for m in clf.model.modules())
+    shifted = make_classifier(clf.model, preprocessing=(0.5, 0.25))
+    net = _art.network_of(shifted)
+    assert net is not plain and _art.network_of(clf) is plain
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    torch.testing.assert_close(net(x), plain((x - 0.5) / 0.25))
+
+
+def test_network_of_forgets_collected_models() -> None:
+    clf = _small_classifier()
+    _art.network_of(clf)
+    ref = weakref.ref(clf.model)
+    del clf
+    gc.collect()
+    assert ref() is None
+
+
+# ----------------------------------------------------------------------------------- model checks
+
+
+def test_preserved_model_state_restores_modes_grads_and_flags() -> None:
+    model = mnist_cnn(seed=0)
+    model.train()
+    model[0].eval()
+    params = list(model.parameters())
+    params[0].grad = torch.full_like(params[0], 0.25)
+    kept = params[0].grad
+    params[1].requires_grad_(False)
+    with _art.preserved_model_state(model):
+        model.eval()
+        for p in params:
+            p.requires_grad_(True)
+        model(torch.rand(2, 1, 28, 28)).sum().backward()
+        assert all(p.grad is not None for p in params)
+    assert model.training and not model[0].training and model[1].training
+    assert params[0].grad is kept and torch.all(kept == 0.25)
+    assert all(p.grad is None for p in params[1:])
+    assert [p.requires_grad for p in params] == [True, False] + [True] * (len(params) - 2)
+
+
+def test_float32_and_logit_count_checks() -> None:
+    clf = make_classifier(mnist_cnn(seed=0))
+    _art.check_float32_model(clf)
+    _art.check_logit_count(clf, 10)
+    with pytest.raises(ValueError, match="nb_classes=10 but its model outputs 12 logits"):
+        _art.check_logit_count(clf, 12)
+    clf.model.double()
+    with pytest.raises(TypeError, match=r"float64 parameters.*model.float\(\)"):
+        _art.check_float32_model(clf)
+
+
+def test_network_of_sees_plain_settings_read_by_forward_but_not_modes() -> None:
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(784, 10)
+            self.scale = 1.0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.scale * self.fc(x.flatten(1))
+
+    clf = make_classifier(Scaled())
+    net = _art.network_of(clf)
+    clf.model.train()
+    assert _art.network_of(clf) is net  # the train/eval flag is not part of the network
+    clf.model.scale = 3.0
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    torch.testing.assert_close(_art.network_of(clf)(x), 3.0 * net(x))

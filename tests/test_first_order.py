@@ -94,3 +94,16 @@ def test_bad_arguments() -> None:
         first_order_bounds(model, x, torch.tensor([0, 10]), 0.1, 2)
     with pytest.raises(ValueError, match="`y`"):
         first_order_bounds(model, x, torch.tensor([0]), 0.1, 2)
+
+
+@pytest.mark.parametrize(
+    ("spelling", "norm"), [("l2", 2), ("L2", 2), ("2", 2), ("linf", math.inf), ("l-inf", math.inf)]
+)
+def test_norm_spellings_of_the_other_entry_points_are_accepted(setup, spelling, norm) -> None:
+    model, x, y = setup
+    got, want = (
+        first_order_bounds(model, x[:2], y[:2], 0.1, spelling),
+        first_order_bounds(model, x[:2], y[:2], 0.1, norm),
+    )
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -161,3 +161,40 @@ def test_report_with_robust_gap_serialises(trained, data):
     text = report.to_markdown()
     assert "robust l2 eps 1" in text and "Bartlett, Foster and Telgarsky" in text
     assert report.jacobian_train["n"] == 40
+
+
+def test_layer_norms_share_the_reporters_network_and_follow_in_place_edits(data, monkeypatch):
+    import art_jacreg.certify as certify
+    from art_jacreg import JacobianBoundReporter
+
+    x, y, _, _ = data
+    calls = []
+    original = certify.build_network
+    monkeypatch.setattr(certify, "build_network", lambda *a, **k: calls.append(1) or original(*a, **k))
+    clf = make_classifier(mnist_cnn(seed=5))
+    before = gen.layer_norms(clf)
+    JacobianBoundReporter.from_classifier(clf, verbose=False).certify(x[:2], method="lipschitz")
+    assert len(calls) == 1  # one network, cached on the weights' values, for both
+    clf.model[-1].weight.data.mul_(2.0)  # does not bump torch's version counter
+    after = gen.layer_norms(clf)
+    assert len(calls) == 2
+    assert after[-1].frobenius == pytest.approx(2 * before[-1].frobenius, rel=1e-9)
+    assert after[-1].spectral == pytest.approx(2 * before[-1].spectral, rel=1e-6)
+    assert [a.frobenius for a in after[:-1]] == [b.frobenius for b in before[:-1]]
+
+
+def test_empirical_gap_leaves_the_model_as_found(trained, data):
+    x, y, xt, yt = data
+    model = trained.model
+    model.train()
+    params = list(model.parameters())
+    params[0].grad = None
+    grads = [None if p.grad is None else p.grad.clone() for p in params]
+    gen.empirical_gap(
+        trained, x[:8], y[:8], xt[:8], yt[:8], eps=0.1, norm=2, attack="pgd", attack_params={"max_iter": 2}
+    )
+    assert params[0].grad is None
+    for p, g in zip(params, grads):
+        assert (p.grad is None) == (g is None) and (g is None or torch.equal(p.grad, g))
+    assert all(m.training for m in model.modules())
+    model.eval()

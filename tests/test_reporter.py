@@ -329,3 +329,72 @@ def test_bound_report_rejects_ragged_columns():
     rep = _synthetic_report()
     with pytest.raises(ValueError, match="loss"):
         BoundReport(**{**rep.__dict__, "loss": np.zeros(3)})
+
+
+# ----------------------------------------------------------------------------------- the model and inputs it accepts
+
+
+def test_report_leaves_grads_flags_and_modes_as_found(data):
+    x, y = data
+    model = mnist_cnn(seed=3)
+    model.train()
+    params = list(model.parameters())
+    params[0].grad = torch.full_like(params[0], 0.5)
+    kept = params[0].grad
+    params[-1].requires_grad_(False)
+    rep = _reporter(model)
+    # ART's PGD computes its gradients with loss.backward(), which fills every parameter's .grad.
+    rep.report(x, y, 0.1, norm=2, attack="pgd", method="lipschitz", attack_params=FAST_ATTACK)
+    rep.certify(x[:2], method="lipschitz")
+    rep.predict_bounds(x[:2], 0.1, method="lipschitz")
+    assert params[0].grad is kept and torch.all(kept == 0.5)
+    assert all(p.grad is None for p in params[1:])
+    assert [p.requires_grad for p in params] == [True] * (len(params) - 1) + [False]
+    assert all(m.training for m in model.modules())
+
+
+def test_inputs_outside_clip_values_are_refused(data):
+    x, y = data
+    rep = _reporter()
+    pixels = x * 255  # 0..255 pixels given to a (0, 1) classifier
+    for call in (
+        lambda: rep.certify(pixels, method="lipschitz"),
+        lambda: rep.predict_bounds(pixels, 0.1, method="lipschitz"),
+        lambda: rep.report(pixels, y, 0.1, method="lipschitz", attack_params=FAST_ATTACK),
+    ):
+        with pytest.raises(ValueError, match=r"`x` has \d+ values outside the classifier's clip_values box \[0, 1\]"):
+            call()
+
+
+def test_double_model_and_wrong_nb_classes_get_clear_messages(data):
+    x, y = data
+    rep = _reporter(mnist_cnn(seed=0).double())
+    for call in (
+        lambda: rep.certify(x),
+        lambda: rep.predict_bounds(x, 0.1),
+        lambda: rep.report(x, y, 0.1, attack_params=FAST_ATTACK),
+    ):
+        with pytest.raises(TypeError, match=r"float64 parameters.*model.float\(\)"):
+            call()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 12))
+    rep = _reporter(model, preprocessing=(0.0, 1.0))
+    for call in (
+        lambda: rep.certify(x),
+        lambda: rep.predict_bounds(x, 0.1),
+        lambda: rep.report(x, y, 0.1, attack_params=FAST_ATTACK),
+    ):
+        with pytest.raises(ValueError, match="nb_classes=10 but its model outputs 12 logits"):
+            call()
+
+
+def test_report_refuses_labels_that_are_not_one_hot(data):
+    x, y = data
+    rep = _reporter()
+    soft = np.full((6, 10), 0.1)
+    with pytest.raises(ValueError, match="`y` is 2-D, so it must be one-hot.*row 0"):
+        rep.report(x, soft, 0.1, attack_params=FAST_ATTACK)
+    negated = -np.eye(10)[y]
+    with pytest.raises(ValueError, match="`y` is 2-D, so it must be one-hot.*row 0"):
+        rep.report(x, negated, 0.1, attack_params=FAST_ATTACK)
+    one_hot = rep.report(x, np.eye(10)[y], 0.0, method="lipschitz")
+    np.testing.assert_array_equal(one_hot.label, y)

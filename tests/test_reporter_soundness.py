@@ -12,6 +12,7 @@ model evaluate the same float32 network in different orders, which moves results
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -19,6 +20,7 @@ import pytest
 import torch
 from art.attacks.evasion import AutoProjectedGradientDescent, DeepFool, FastGradientMethod, ProjectedGradientDescent
 from art.metrics import clever_u
+from torch import nn
 
 from art_jacreg import JacobianBoundReporter
 from art_jacreg.attacks import evaluate, run_attack
@@ -178,3 +180,150 @@ def test_art_attacks_and_clever_accept_the_reporter(reporters, mnist):
     score = clever_u(rep, x[0], nb_batches=2, batch_size=10, radius=2.0, norm=2, pool_factor=3, verbose=False)
     _, radius = rep.certify(x[:1], norm=2)
     assert 0 <= radius[0] and np.isfinite(score)
+
+
+# ----------------------------------------------------------------------------------- stale certificates (issue 10)
+# A linear classifier without clip_values has a closed-form exact radius, so a certificate computed for stale weights
+# is caught exactly: radius_p = min_{j != y} (f_y - f_j) / ||w_y - w_j||_{p*} (p* = 2 for l2, 1 for l-inf).
+
+N_LINEAR = 40
+
+
+class _FcNet(nn.Module):
+    """A linear classifier whose Linear layer is the attribute ``fc`` (so it can be swapped for a new one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+def _linear_reporter(model: nn.Module) -> JacobianBoundReporter:
+    return JacobianBoundReporter(
+        model,
+        nn.CrossEntropyLoss(),
+        (1, 28, 28),
+        10,
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+        device_type="cpu",
+        verbose=False,
+    )
+
+
+def _linear_layer(model: nn.Module) -> nn.Linear:
+    return model.fc if isinstance(model, _FcNet) else model[1]
+
+
+def _exact_radius(model: nn.Module, x: np.ndarray, norm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Exact radius (float64) and the direction to the closest decision boundary of a linear model."""
+    layer = _linear_layer(model)
+    w, b = layer.weight.detach().double().numpy(), layer.bias.detach().double().numpy()
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    logits = flat @ w.T + b
+    pred = logits.argmax(1)
+    radius, direction = np.empty(len(x)), np.empty_like(flat)
+    for i, y in enumerate(pred):
+        others = [j for j in range(10) if j != y]
+        diff = w[others] - w[y]  # the margin f_y - f_j falls along diff[k]
+        dual = np.abs(diff).sum(1) if norm == np.inf else np.linalg.norm(diff, axis=1)
+        ratios = (logits[i, y] - logits[i, others]) / dual
+        k = int(ratios.argmin())
+        radius[i] = ratios[k]
+        direction[i] = np.sign(diff[k]) if norm == np.inf else diff[k] / dual[k]
+    return radius, direction
+
+
+@pytest.fixture(scope="module")
+def linear_setup() -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """Weights of a linear MNIST classifier trained for 3 epochs on 1,000 digits, and 40 test digits."""
+    (x_train, y_train), (x_test, _), _, _ = load_mnist()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    _linear_reporter(model).fit(x_train[:1000], y_train[:1000], nb_epochs=3, batch_size=64)
+    return {k: v.detach().clone() for k, v in model[1].state_dict().items()}, x_test[:N_LINEAR]
+
+
+def _noise_like(t: torch.Tensor, seed: int) -> torch.Tensor:
+    return 0.004 * torch.randn(t.shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _edit_data(model: nn.Module) -> None:
+    model[1].weight.data.add_(_noise_like(model[1].weight, 1))
+
+
+def _edit_load_state_dict(model: nn.Module) -> None:
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["1.weight"] += _noise_like(state["1.weight"], 2)
+    model.load_state_dict(state)
+
+
+def _edit_copy_no_grad(model: nn.Module) -> None:
+    with torch.no_grad():
+        model[1].weight.copy_(model[1].weight + _noise_like(model[1].weight, 3))
+
+
+def _edit_numpy_view(model: nn.Module) -> None:
+    # Writing through a numpy view bypasses torch's version counter entirely.
+    model[1].weight.detach().numpy()[...] += _noise_like(model[1].weight, 4).numpy()
+
+
+def _edit_swap_submodule(model: nn.Module) -> None:
+    old = model.fc
+    model.fc = nn.Linear(784, 10)
+    with torch.no_grad():
+        model.fc.weight.copy_(old.weight + _noise_like(old.weight, 5))
+        model.fc.bias.copy_(old.bias)
+
+
+EDITS = {
+    "data": _edit_data,
+    "load_state_dict": _edit_load_state_dict,
+    "copy_no_grad": _edit_copy_no_grad,
+    "numpy_view": _edit_numpy_view,
+    "swap_submodule": _edit_swap_submodule,
+}
+
+
+@pytest.mark.parametrize("norm", [2.0, np.inf])
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_certificates_follow_weight_edits_of_a_linear_model(linear_setup, edit, norm):
+    state, x = linear_setup
+    if edit == "swap_submodule":
+        model: nn.Module = _FcNet()
+        model.fc.load_state_dict(state)
+    else:
+        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+        model[1].load_state_dict(state)
+    rep = _linear_reporter(model)
+    _, before = rep.certify(x, norm=norm)
+    exact_before, _ = _exact_radius(model, x, norm)
+    assert np.all(before <= exact_before)
+    EDITS[edit](model)
+    exact, _ = _exact_radius(model, x, norm)
+    # The edit matters: the old radii would overstate the new exact radius on many points.
+    assert np.count_nonzero(before > exact) >= 5
+    pred, after = rep.certify(x, norm=norm)
+    np.testing.assert_array_equal(pred, rep.predict(x).argmax(1))
+    bad = np.flatnonzero(after > exact)
+    assert bad.size == 0, f"{bad.size} of {len(x)} radii exceed the exact radius of the new weights"
+    # Bisection stops a hair below the exact radius, never far from it.
+    assert np.all(after >= 0.99 * exact)
+    _, fresh = _linear_reporter(copy.deepcopy(model)).certify(x, norm=norm)
+    np.testing.assert_array_equal(after, fresh)
+
+
+@pytest.mark.parametrize("norm", [2.0, np.inf])
+def test_the_exact_linear_radius_is_the_distance_to_the_decision_boundary(linear_setup, norm):
+    # Checks the closed form the stale-certificate tests rely on: just past it the prediction changes.
+    state, x = linear_setup
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    model[1].load_state_dict(state)
+    rep = _linear_reporter(model)
+    radius, direction = _exact_radius(model, x, norm)
+    pred, certified = rep.certify(x, norm=norm)
+    past = (x.reshape(len(x), -1) + (radius * 1.001)[:, None] * direction).astype(np.float32).reshape(x.shape)
+    inside = (x.reshape(len(x), -1) + (certified * 0.999)[:, None] * direction).astype(np.float32).reshape(x.shape)
+    assert np.all(rep.predict(past).argmax(1) != pred)
+    assert np.all(rep.predict(inside).argmax(1) == pred)

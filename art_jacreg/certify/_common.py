@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from art_jacreg import _validate
 from art_jacreg.certify.ops import DTYPE, PiecewiseLinearNetwork
 
 __all__ = [
@@ -23,42 +23,10 @@ __all__ = [
     "margin_rows",
 ]
 
-METHODS = ("lipschitz", "interval", "linear")
-
-
-def validate_norm(norm: Any, name: str = "norm") -> float:
-    """Normalise ``norm`` to ``2.0`` or ``math.inf`` (the single implementation; :func:`art_jacreg._art.validate_norm`
-    delegates here).
-
-    :param norm: ``2``, ``np.inf`` or one of the strings ``"2"``, ``"l2"``, ``"inf"``, ``"linf"``.
-    :param name: Argument name used in error messages.
-    :return: ``2.0`` or ``math.inf``.
-    :raises ValueError: For any other value.
-    """
-    if isinstance(norm, str):
-        key = norm.strip().lower()
-        if key in ("2", "l2"):
-            return 2.0
-        if key in ("inf", "linf", "l-inf", "l_inf", "np.inf"):
-            return math.inf
-    elif isinstance(norm, numbers.Real) and not isinstance(norm, bool):
-        if float(norm) in (2.0, math.inf):
-            return float(norm)
-    raise ValueError(f"`{name}` must be 2 or np.inf (also accepted: 'l2', 'inf', 'linf'), got {norm!r}.")
-
-
-def validate_method(method: Any, name: str = "method") -> str:
-    """Check the certification method name.
-
-    :param method: ``"lipschitz"``, ``"interval"`` or ``"linear"``.
-    :param name: Argument name used in error messages.
-    :return: The lower-cased name.
-    :raises ValueError: For any other value.
-    """
-    key = method.strip().lower() if isinstance(method, str) else method
-    if key not in METHODS:
-        raise ValueError(f"`{name}` must be one of {', '.join(repr(m) for m in METHODS)}, got {method!r}.")
-    return key
+# The vocabulary lives in art_jacreg._validate (no ART there); these names are kept importable from here.
+METHODS = _validate.METHODS
+validate_norm = _validate.validate_norm
+validate_method = _validate.validate_method
 
 
 def check_network(net: Any) -> PiecewiseLinearNetwork:
@@ -83,37 +51,24 @@ def check_x(net: PiecewiseLinearNetwork, x: Any) -> torch.Tensor:
     """
     if not isinstance(x, torch.Tensor):
         x = torch.as_tensor(np.asarray(x))
-    if tuple(x.shape[1:]) != net.input_shape or x.ndim < 2:
-        raise ValueError(f"`x` must have shape (B, {', '.join(map(str, net.input_shape))}), got {tuple(x.shape)}.")
+    _validate.check_input_shape(tuple(x.shape), net.input_shape, "x")
     x = x.detach().to("cpu", DTYPE).clone()
-    if not torch.isfinite(x).all():
-        raise ValueError("`x` must be finite.")
+    _validate.check_finite(x.numpy(), "x")
     return x
 
 
 def validate_labels(labels: Any, n: int, num_classes: int) -> torch.Tensor:
-    """Labels as int64 indices from indices ``(B,)`` or one-hot / scores ``(B, K)``.
+    """Labels as int64 indices from indices ``(B,)`` or exact one-hot rows ``(B, K)`` (see
+    :func:`art_jacreg._validate.validate_labels`).
 
     :param labels: The labels.
     :param n: Batch size.
     :param num_classes: Number of classes ``K``.
     :return: int64 tensor ``(B,)``.
-    :raises ValueError: On a wrong shape or out-of-range indices.
+    :raises ValueError: On a wrong shape, out-of-range indices or rows that are not one-hot.
     """
-    t = labels.detach().cpu() if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))
-    if t.ndim == 2 and t.shape == (n, num_classes):
-        t = t.argmax(dim=1)
-    if t.ndim != 1 or t.shape[0] != n:
-        raise ValueError(
-            f"`labels` must be indices of shape ({n},) or one-hot ({n}, {num_classes}), got {tuple(t.shape)}."
-        )
-    if t.is_floating_point():
-        if not torch.equal(t, t.round()):
-            raise ValueError("`labels` must hold integer class indices.")
-    t = t.to(torch.int64)
-    if n and (t.min() < 0 or t.max() >= num_classes):
-        raise ValueError(f"`labels` must lie in [0, {num_classes - 1}].")
-    return t
+    arr = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else labels
+    return torch.from_numpy(_validate.validate_labels(arr, n, num_classes, name="labels"))
 
 
 def validate_eps(eps: Any, n: int, name: str = "eps") -> torch.Tensor:
@@ -125,13 +80,8 @@ def validate_eps(eps: Any, n: int, name: str = "eps") -> torch.Tensor:
     :return: float64 tensor ``(B,)``.
     :raises ValueError: Otherwise.
     """
-    t = eps.detach().cpu() if isinstance(eps, torch.Tensor) else torch.as_tensor(np.asarray(eps, dtype=np.float64))
-    t = t.to(DTYPE)
-    if t.ndim == 0:
-        t = t.expand(n)
-    if t.shape != (n,) or not torch.isfinite(t).all() or (t < 0).any():
-        raise ValueError(f"`{name}` must be a finite number >= 0 or an array of {n} such numbers, got {eps!r}.")
-    return t.clone()
+    arr = eps.detach().cpu().numpy() if isinstance(eps, torch.Tensor) else eps
+    return torch.from_numpy(_validate.validate_eps_per_sample(arr, n, name))
 
 
 @dataclass
