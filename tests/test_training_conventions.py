@@ -14,7 +14,7 @@ from art.estimators.classification import PyTorchClassifier
 from torch import nn
 
 from art_jacreg.data import load_mnist
-from art_jacreg.models import make_classifier, mnist_mlp
+from art_jacreg.models import mnist_mlp
 from art_jacreg.norms import frobenius_norm_sq
 from art_jacreg.trainer import DEFAULT_REG_WEIGHTS, JacobianRegularizedTrainer
 
