@@ -30,8 +30,8 @@ from art.estimators.classification.pytorch import PyTorchClassifier
 
 from art_jacreg import _art
 from art_jacreg._validate import check_clip_range
-from art_jacreg.training import batches, checks
-from art_jacreg.training.loop import TrainingLoop
+from art_jacreg.training import batches, checks, preflight
+from art_jacreg.training.loop import TrainingLoop, accuracy
 from art_jacreg.training.objectives import JacobianRegularizedObjective, cross_entropy_like
 
 logger = logging.getLogger(__name__)
@@ -265,38 +265,6 @@ class JacobianRegularizedTrainer(Trainer):
         self._torch_gen = torch.Generator(device="cpu")
         self._torch_gen.manual_seed(int(torch_seq.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
 
-    def _check_scheduler(self, scheduler: Any) -> None:
-        if scheduler is None:
-            return
-        if not callable(getattr(scheduler, "step", None)):
-            raise TypeError(
-                f"`scheduler` must be None or an LR scheduler with a .step() method, got {type(scheduler).__name__}."
-            )
-        sched_opt = getattr(scheduler, "optimizer", None)
-        if sched_opt is not None and sched_opt is not self._classifier.optimizer:
-            raise ValueError("`scheduler` is attached to a different optimizer than the classifier's optimizer.")
-
-    def _optimizer(self) -> torch.optim.Optimizer:
-        optimizer = self._classifier.optimizer
-        if optimizer is None:
-            raise ValueError(
-                "The classifier has no optimizer (`optimizer=None`); create the PyTorchClassifier with an optimizer "
-                "over the model's parameters to train it."
-            )
-        return optimizer
-
-    def _check_model(self) -> None:
-        """Checks of the classifier's model, loss and preprocessing that a training run needs."""
-        checks.check_float32_model(self._classifier.model, "classifier.model")
-        cross_entropy_like(self._classifier.loss)
-        for step in self._classifier.preprocessing_operations or []:
-            std = getattr(step, "std", None)
-            if std is not None and np.any(np.asarray(std) == 0):
-                raise ValueError(
-                    f"`classifier.preprocessing` has a standard deviation of 0 (std={std!r}); normalising by it "
-                    "divides by zero. Give a positive std (e.g. preprocessing=(0.1307, 0.3081) for MNIST)."
-                )
-
     def _objective(self) -> JacobianRegularizedObjective:
         return JacobianRegularizedObjective(
             self.norm,
@@ -346,15 +314,11 @@ class JacobianRegularizedTrainer(Trainer):
         y_idx = _art.validate_labels(y, x_arr.shape[0], self._classifier.nb_classes, name="y")
         batch_size = _art.validate_positive_int(_default(batch_size, self.batch_size, DEFAULT_BATCH_SIZE), "batch_size")
         nb_epochs = _art.validate_positive_int(_default(nb_epochs, self.nb_epochs, DEFAULT_NB_EPOCHS), "nb_epochs")
-        self._check_scheduler(scheduler)
-        self._optimizer()
-        self._check_model()
-        if checks.has_batch_norm(self._classifier.model) and min(batch_size, x_arr.shape[0]) == 1:
-            name = "batch_size" if batch_size == 1 else "x"
-            raise ValueError(
-                f"`{name}` gives batches of 1 sample, but the model has BatchNorm layers, which cannot normalise a "
-                "single sample in training mode; use at least 2 samples per batch."
-            )
+        preflight.check_scheduler(scheduler, preflight.optimizer_of(self._classifier))
+        preflight.check_trainable(self._classifier)
+        preflight.check_batch_size_for_batch_norm(
+            self._classifier.model, min(batch_size, x_arr.shape[0]), "batch_size" if batch_size == 1 else "x"
+        )
         check_clip_range(x_arr, self._classifier.clip_values, "x", error=False)
         _warn_unused(kwargs, "fit")
         self._train(batches.array_batches(x_arr, y_idx, batch_size, self._np_rng), nb_epochs, val, scheduler, verbose)
@@ -391,14 +355,9 @@ class JacobianRegularizedTrainer(Trainer):
         epoch_batches = batches.generator_batches(generator, self._classifier)
         nb_epochs = _art.validate_positive_int(_default(nb_epochs, self.nb_epochs, DEFAULT_NB_EPOCHS), "nb_epochs")
         val = batches.check_validation_data(validation_data, self._classifier)
-        self._check_scheduler(scheduler)
-        self._optimizer()
-        self._check_model()
-        if checks.has_batch_norm(self._classifier.model) and generator.batch_size == 1:
-            raise ValueError(
-                "`generator.batch_size` is 1, but the model has BatchNorm layers, which cannot normalise a single "
-                "sample in training mode; use at least 2 samples per batch."
-            )
+        preflight.check_scheduler(scheduler, preflight.optimizer_of(self._classifier))
+        preflight.check_trainable(self._classifier)
+        preflight.check_batch_size_for_batch_norm(self._classifier.model, generator.batch_size, "generator.batch_size")
         _warn_unused(kwargs, "fit_generator")
         self._train(epoch_batches, nb_epochs, val, scheduler, verbose)
 
@@ -456,30 +415,21 @@ class JacobianRegularizedTrainer(Trainer):
             self.n_rows,
             nb_epochs,
         )
+        forward = _art.logits_function(self._classifier)
+        device = self._classifier.device
         loop = TrainingLoop(
             self._classifier._model,
-            self._optimizer(),
+            preflight.optimizer_of(self._classifier),
             self._objective(),
-            _art.logits_function(self._classifier),
-            self._classifier.device,
+            forward,
+            device,
             skip_singleton_batches=checks.has_batch_norm(self._classifier.model),
             log=logger,
             description="Jacobian regularization",
         )
-        validate = None if validation is None else (lambda: self._accuracy(*validation))
+        validate = None if validation is None else (lambda: accuracy(forward, loop.module, *validation, device))
         show = self.verbose if verbose is None else bool(verbose)
         self.history = loop.run(epoch_batches, nb_epochs, validate, scheduler, show)
-
-    def _accuracy(self, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> float:
-        """Clean accuracy of the current model in evaluation mode (previous mode restored)."""
-        func = _art.logits_function(self._classifier)
-        correct = 0
-        with _art.model_mode(self._classifier._model, False), torch.no_grad():
-            for start in range(0, x.shape[0], batch_size):
-                x_t = torch.from_numpy(x[start : start + batch_size]).to(self._classifier.device)
-                pred = func(x_t).argmax(dim=1).cpu().numpy()
-                correct += int((pred == y[start : start + batch_size]).sum())
-        return correct / x.shape[0]
 
 
 def _default(value: Any, constructor_value: Any, fallback: int) -> Any:

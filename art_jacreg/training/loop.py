@@ -28,7 +28,7 @@ from tqdm.auto import trange
 from art_jacreg._art import model_mode
 from art_jacreg.training.guard import RollbackGuard, all_finite
 
-__all__ = ["ObjectiveOutput", "Objective", "LoopHooks", "TrainingLoop"]
+__all__ = ["ObjectiveOutput", "Objective", "LoopHooks", "TrainingLoop", "accuracy"]
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 Batches = Iterable[tuple[np.ndarray, np.ndarray]]
@@ -262,3 +262,25 @@ class TrainingLoop:
             "n/a" if val is None else f"{val:.4f}",
             record["seconds"],
         )
+
+
+def accuracy(
+    forward: Forward, module: torch.nn.Module, x: np.ndarray, y: np.ndarray, device: Any, batch_size: int = 512
+) -> float:
+    """Clean accuracy of ``forward`` on ``(x, y)`` with ``module`` in evaluation mode (its modes restored after).
+
+    :param forward: Map from an input batch to logits.
+    :param module: The module whose train/eval mode is switched to eval.
+    :param x: Inputs (validated numpy array).
+    :param y: int64 class indices.
+    :param device: Device of the computation.
+    :param batch_size: Batch size.
+    :return: The fraction of correct predictions.
+    """
+    correct = 0
+    with model_mode(module, False), torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            x_t = torch.from_numpy(x[start : start + batch_size]).to(device)
+            pred = forward(x_t).argmax(dim=1).cpu().numpy()
+            correct += int((pred == y[start : start + batch_size]).sum())
+    return correct / x.shape[0]
