@@ -18,7 +18,6 @@ training loop is :mod:`art_jacreg.training.loop` and the objective :mod:`art_jac
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 from typing import Any
 
@@ -32,7 +31,8 @@ from art_jacreg import _art
 from art_jacreg._validate import check_clip_range
 from art_jacreg.training import batches, checks, preflight
 from art_jacreg.training.loop import TrainingLoop, accuracy
-from art_jacreg.training.objectives import JacobianRegularizedObjective, cross_entropy_like
+from art_jacreg.training.objectives import JacobianRegularizedObjective, check_jacobian_settings, cross_entropy_like
+from art_jacreg.training.randomness import training_generators
 
 logger = logging.getLogger(__name__)
 
@@ -223,24 +223,9 @@ class JacobianRegularizedTrainer(Trainer):
             self._reg_weight_is_default = True
         elif self.reg_weight != DEFAULT_REG_WEIGHTS.get(self.norm):
             self._reg_weight_is_default = False
-        if isinstance(self.reg_weight, bool) or not isinstance(self.reg_weight, numbers.Real):
-            raise TypeError(f"`reg_weight` must be a real number >= 0, got {type(self.reg_weight).__name__}.")
-        if not math.isfinite(float(self.reg_weight)) or float(self.reg_weight) < 0:
-            raise ValueError(f"`reg_weight` must be a finite number >= 0, got {self.reg_weight!r}.")
-        self.reg_weight = float(self.reg_weight)
-        if self.n_projections is not None:
-            self.n_projections = _art.validate_positive_int(self.n_projections, "n_projections")
-        if self.n_rows is not None:
-            if self.norm != np.inf:
-                raise ValueError(
-                    f"`n_rows` only applies to norm=np.inf (the ||J||_{{1,1}} regulariser); got n_rows={self.n_rows!r} "
-                    "with norm=2. Use `n_projections` for norm=2."
-                )
-            self.n_rows = _art.validate_positive_int(self.n_rows, "n_rows")
-            if self.n_rows > self._classifier.nb_classes:
-                raise ValueError(
-                    f"`n_rows` must be at most nb_classes ({self._classifier.nb_classes}), got {self.n_rows}."
-                )
+        self.reg_weight, self.n_projections, self.n_rows = check_jacobian_settings(
+            self.norm, self.reg_weight, self.n_projections, self.n_rows, self._classifier.nb_classes
+        )
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0
         ):
@@ -252,18 +237,8 @@ class JacobianRegularizedTrainer(Trainer):
                 setattr(self, name, _art.validate_positive_int(getattr(self, name), name))
 
     def _init_generators(self) -> None:
-        """Create the numpy (shuffling) and torch (projections / row draws) generators from ``seed``.
-
-        With ``seed=None`` the entropy is drawn from numpy's and torch's global generators.
-        """
-        if self.seed is None:
-            entropy = [int(np.random.randint(0, 2**32, dtype=np.uint64)), int(torch.randint(0, 2**62, (1,)))]
-        else:
-            entropy = [int(self.seed)]
-        shuffle_seq, torch_seq = np.random.SeedSequence(entropy if self.seed is None else entropy[0]).spawn(2)
-        self._np_rng = np.random.default_rng(shuffle_seq)
-        self._torch_gen = torch.Generator(device="cpu")
-        self._torch_gen.manual_seed(int(torch_seq.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
+        """(Re)start the shuffling and estimator streams from ``seed`` (``None``: from the global generators)."""
+        self._np_rng, self._torch_gen = training_generators(self.seed)
 
     def _objective(self) -> JacobianRegularizedObjective:
         return JacobianRegularizedObjective(

@@ -20,21 +20,23 @@ __all__ = ["RollbackGuard", "all_finite"]
 def all_finite(loss: torch.Tensor, grads: list[torch.Tensor], params: list[torch.Tensor]) -> bool:
     """Whether the loss, all gradients and all parameters are finite, with one host synchronisation.
 
-    The max-abs norm of each tensor (``torch._foreach_norm`` with ``ord=inf``) is NaN or inf exactly when the tensor
-    holds a NaN or an inf, and cannot overflow.
+    Fast path: the 2-norms of all tensors in one fused call (``torch._foreach_norm``) and one finiteness flag; a norm
+    is NaN or inf when its tensor holds a NaN or an inf. A 2-norm can also overflow for huge finite values, so a
+    non-finite flag is confirmed element-wise before it is believed (only on that rare path).
 
     :param loss: The scalar loss.
     :param grads: Gradient tensors.
     :param params: Parameter tensors.
     :return: ``True`` if every value is finite.
     """
-    device = loss.device
+    tensors = [t.detach() for t in (*grads, *params) if t.is_floating_point()]
     values = [loss.detach().reshape(1).float()]
-    for group in (grads, [p.detach() for p in params if p.is_floating_point()]):
-        if group:
-            norms = torch._foreach_norm(group, ord=float("inf"))
-            values.append(torch.stack([n.to(device=device, dtype=torch.float32) for n in norms]))
-    return bool(torch.isfinite(torch.cat(values)).all())
+    if tensors:
+        norms = torch._foreach_norm(tensors)
+        values.append(torch.stack([n.to(device=loss.device, dtype=torch.float32) for n in norms]))
+    if bool(torch.isfinite(torch.cat(values)).all()):
+        return True
+    return bool(torch.isfinite(loss.detach()).all()) and all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 class RollbackGuard:

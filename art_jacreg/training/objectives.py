@@ -11,15 +11,17 @@ w.r.t. the input of ``forward``, exact or estimated by :mod:`art_jacreg.norms`.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
 
+from art_jacreg._art import validate_positive_int
 from art_jacreg.norms import frobenius_norm_sq_from_logits, l11_norm_from_logits
 from art_jacreg.training.checks import check_logits
 from art_jacreg.training.loop import Forward, ObjectiveOutput
 
-__all__ = ["cross_entropy_like", "JacobianRegularizedObjective"]
+__all__ = ["cross_entropy_like", "check_jacobian_settings", "JacobianRegularizedObjective"]
 
 CrossEntropy = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -52,6 +54,38 @@ def cross_entropy_like(loss: torch.nn.Module | None, name: str = "classifier.los
         )
 
     return cross_entropy
+
+
+def check_jacobian_settings(
+    norm: float, reg_weight: object, n_projections: object, n_rows: object, nb_classes: int
+) -> tuple[float, int | None, int | None]:
+    """Validate the settings of :class:`JacobianRegularizedObjective` (``norm`` already normalised).
+
+    :param norm: ``2.0`` or ``math.inf``.
+    :param reg_weight: A finite real ``>= 0``.
+    :param n_projections: ``None`` or an integer ``>= 1``.
+    :param n_rows: ``None``, or for ``norm=inf`` an integer in ``1..nb_classes``.
+    :param nb_classes: The number of classes.
+    :return: ``(reg_weight, n_projections, n_rows)`` normalised (float, int or None, int or None).
+    :raises TypeError: If ``reg_weight`` is not a real number.
+    :raises ValueError: On a value out of range, or ``n_rows`` with ``norm=2``.
+    """
+    if isinstance(reg_weight, bool) or not isinstance(reg_weight, numbers.Real):
+        raise TypeError(f"`reg_weight` must be a real number >= 0, got {type(reg_weight).__name__}.")
+    if not math.isfinite(float(reg_weight)) or float(reg_weight) < 0:
+        raise ValueError(f"`reg_weight` must be a finite number >= 0, got {reg_weight!r}.")
+    if n_projections is not None:
+        n_projections = validate_positive_int(n_projections, "n_projections")
+    if n_rows is not None:
+        if norm != math.inf:
+            raise ValueError(
+                f"`n_rows` only applies to norm=np.inf (the ||J||_{{1,1}} regulariser); got n_rows={n_rows!r} "
+                "with norm=2. Use `n_projections` for norm=2."
+            )
+        n_rows = validate_positive_int(n_rows, "n_rows")
+        if n_rows > nb_classes:
+            raise ValueError(f"`n_rows` must be at most nb_classes ({nb_classes}), got {n_rows}.")
+    return float(reg_weight), n_projections, n_rows  # type: ignore[return-value]
 
 
 class JacobianRegularizedObjective:
