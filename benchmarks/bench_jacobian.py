@@ -65,6 +65,22 @@ def make_step(
     return step
 
 
+def print_table(median: dict[str, float], labels: tuple[str, str, float, str], base: float, ref: float) -> None:
+    """A markdown table of medians with ratios to ``base`` and to the reference loop ``ref``."""
+    what, unit, scale, base_name = labels
+    print(f"| {what} | {unit} | x {base_name} | x reference loop |")
+    print("|---|---:|---:|---:|")
+    for name, value in median.items():
+        print(f"| {name} | {scale * value:.3f} | {value / base:.2f} | {value / ref:.2f} |")
+    print()
+
+
+def print_checks(checks: list[tuple[str, float, float]]) -> None:
+    """One PASS/MISS line per ``(label, measured ratio, target)``."""
+    for label, ratio, target in checks:
+        print(f"{'PASS' if ratio <= target else 'MISS'}  {label}: measured {ratio:.2f}")
+
+
 def reference_jr_epoch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> None:
     """The 20-line reference: shuffled batches, CE + 0.01 * 1-projection ||J||_F^2, Adam; no guard, no history."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -118,18 +134,14 @@ def epoch_benchmark(args: argparse.Namespace) -> None:
     fit, ref = median["ART classifier.fit"], median["reference JR loop (1 projection)"]
     print(f"{args.n_train} digits, batch {args.batch}, {args.repeats} rounds, {torch.get_num_threads()} threads")
     print()
-    print("| one epoch | s | x classifier.fit | x reference loop |")
-    print("|---|---:|---:|---:|")
-    for name, value in median.items():
-        print(f"| {name} | {value:.3f} | {value / fit:.2f} | {value / ref:.2f} |")
-    print()
-    checks = [
-        ("JR epoch <= 2.0x classifier.fit", median["trainer, JR 1 projection"] / fit, 2.0),
-        ("JR epoch <= 1.0x reference loop", median["trainer, JR 1 projection"] / ref, 1.0),
-        ("reg_weight=0 <= 1.1x classifier.fit", median["trainer, reg_weight=0"] / fit, 1.1),
-    ]
-    for label, ratio, target in checks:
-        print(f"{'PASS' if ratio <= target else 'MISS'}  {label}: measured {ratio:.2f}")
+    print_table(median, ("one epoch", "s", 1.0, "classifier.fit"), fit, ref)
+    print_checks(
+        [
+            ("JR epoch <= 2.0x classifier.fit", median["trainer, JR 1 projection"] / fit, 2.0),
+            ("JR epoch <= 1.0x reference loop", median["trainer, JR 1 projection"] / ref, 1.0),
+            ("reg_weight=0 <= 1.1x classifier.fit", median["trainer, reg_weight=0"] / fit, 1.1),
+        ]
+    )
 
 
 def main() -> None:
@@ -176,18 +188,14 @@ def main() -> None:
     ref = median["reference loop ||J||_{1,1}"]
     print(f"batch {args.batch}, {args.repeats} rounds, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print()
-    print("| training step | ms / step | x plain | x reference loop |")
-    print("|---|---:|---:|---:|")
-    for name, value in median.items():
-        print(f"| {name} | {1000 * value:.1f} | {value / plain:.2f} | {value / ref:.2f} |")
-    print()
-    checks = [
-        ("1-projection JR <= 2.0x plain", median["JR ||J||_F^2, 1 projection"] / plain, 2.0),
-        ("exact ||J||_{1,1} <= 0.6x reference loop", median["exact ||J||_{1,1}"] / ref, 0.6),
-        ("1-row ||J||_{1,1} <= 2.2x plain", median["||J||_{1,1}, 1 row"] / plain, 2.2),
-    ]
-    for label, ratio, target in checks:
-        print(f"{'PASS' if ratio <= target else 'MISS'}  {label}: measured {ratio:.2f}")
+    print_table(median, ("training step", "ms / step", 1000.0, "plain"), plain, ref)
+    print_checks(
+        [
+            ("1-projection JR <= 2.0x plain", median["JR ||J||_F^2, 1 projection"] / plain, 2.0),
+            ("exact ||J||_{1,1} <= 0.6x reference loop", median["exact ||J||_{1,1}"] / ref, 0.6),
+            ("1-row ||J||_{1,1} <= 2.2x plain", median["||J||_{1,1}, 1 row"] / plain, 2.2),
+        ]
+    )
 
 
 if __name__ == "__main__":
