@@ -217,10 +217,12 @@ class TrainingLoop:
         n = float(x_b.shape[0])
         if self._part_names is None:
             self._part_names = list(out.parts)
-        nan = torch.tensor(float("nan"), device=out.loss.device)
-        parts = [out.parts[name] if out.parts.get(name) is not None else nan for name in self._part_names]
-        values = torch.stack([out.loss.detach(), *(p.detach() for p in parts)]).double() * n
-        tail = torch.stack([out.correct.double(), torch.tensor(n, dtype=torch.float64, device=values.device)])
+        loss = out.loss.detach()
+        parts = [out.parts.get(name) for name in self._part_names]
+        # Device-side fills (no host-to-device copy, no synchronisation); NaN marks a part that was not computed.
+        row = [loss, *(loss.new_full((), math.nan) if p is None else p.detach() for p in parts)]
+        values = torch.stack(row).double() * n
+        tail = torch.stack([out.correct.double(), loss.new_full((), n, dtype=torch.float64)])
         return torch.cat([values, tail])
 
     def _fail(self, out: ObjectiveOutput, grads: list[torch.Tensor], guard: RollbackGuard, where: str) -> None:
