@@ -36,7 +36,7 @@ from art_jacreg.training.randomness import training_generators
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JacobianRegularizedTrainer", "DEFAULT_REG_WEIGHTS"]
+__all__ = ["JacobianRegularizedTrainer"]
 
 #: Default ``reg_weight`` per norm, measured on the embedded MNIST (4,000 training digits) with ``mnist_cnn``,
 #: Adam(1e-3), batch 128, 10 epochs: see the class docstring for the numbers.
@@ -240,7 +240,14 @@ class JacobianRegularizedTrainer(Trainer):
         """(Re)start the shuffling and estimator streams from ``seed`` (``None``: from the global generators)."""
         self._np_rng, self._torch_gen = training_generators(self.seed)
 
-    def _objective(self) -> JacobianRegularizedObjective:
+    def _objective(self, training: bool = True) -> JacobianRegularizedObjective:
+        """The objective with the current settings; for training it uses the classifier's loss and checks the
+        first batch's outputs (``training=False``: only the regulariser is needed, any loss is fine).
+        """
+        if not training:
+            return JacobianRegularizedObjective(
+                self.norm, self.reg_weight, self.n_projections, self.n_rows, self._torch_gen
+            )
         return JacobianRegularizedObjective(
             self.norm,
             self.reg_weight,
@@ -360,7 +367,7 @@ class JacobianRegularizedTrainer(Trainer):
         batch_size = _art.validate_positive_int(batch_size, "batch_size")
         checks.check_float32_model(self._classifier.model, "classifier.model")
         func = _art.logits_function(self._classifier)
-        objective = self._objective()
+        objective = self._objective(training=False)
         out = []
         with _art.model_mode(self._classifier._model, False):
             for start in range(0, x_arr.shape[0], batch_size):

@@ -86,6 +86,7 @@ def test_unsupported_loss_is_refused(data, loss) -> None:
     trainer = JacobianRegularizedTrainer(_classifier(mnist_mlp(hidden=16), loss), verbose=False)
     with pytest.raises(ValueError, match=r"`classifier.loss`.*CrossEntropyLoss"):
         trainer.fit(x, y, nb_epochs=1)
+    assert trainer.compute_regularizer(x[:4]).shape == (4,)  # measuring the regulariser needs no loss
 
 
 # --------------------------------------------------------------------------- seeds, parameters, defaults
