@@ -1,0 +1,1 @@
+"""Training machinery shared by the trainers: the one loop, its objectives, the non-finite guard, checks."""
