@@ -159,3 +159,61 @@ def test_check_output_file_and_dir(tmp_path: Path) -> None:
         check_output_dir(tmp_path / "afile" / "sub", "--out")
     with pytest.raises(ValueError, match=r"^--out: cannot write into"):
         check_output_dir(_unwritable_dir(tmp_path) / "results", "--out")
+
+
+def _bound_report():
+    from art_jacreg.bound_report import BoundReport
+
+    n = 3
+    return BoundReport(
+        label=np.arange(n),
+        prediction=np.arange(n),
+        loss=np.full(n, 0.1),
+        first_order_loss=np.full(n, 0.2),
+        jacobian_surrogate_loss=np.full(n, 0.3),
+        certified_loss_bound=np.array([0.4, np.inf, 0.9]),
+        certified=np.array([True, False, False]),
+        certified_radius=np.array([0.5, 0.0, 0.0]),
+        attack_loss=np.full(n, 0.15),
+        attack_success=np.zeros(n, bool),
+        attack_prediction=np.arange(n),
+        eps=0.1,
+        norm=2.0,
+        method="interval",
+        attack="apgd",
+    )
+
+
+def test_bound_report_files_are_replaced_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from art_jacreg import bound_report
+    from art_jacreg.bound_report import BoundReport
+
+    report = _bound_report()
+    report.to_csv(tmp_path / "r.csv")
+    report.to_json(tmp_path / "r.json")
+    assert BoundReport.from_csv(tmp_path / "r.csv") == report == BoundReport.from_json(tmp_path / "r.json")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def broken_dumps(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bound_report.json, "dumps", broken_dumps)  # fails half-way through writing
+    for write in (report.to_csv, report.to_json):
+        with pytest.raises(OSError, match="No space left"):
+            write(tmp_path / ("r.csv" if write == report.to_csv else "r.json"))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # old files intact, no temporary file
+
+
+def test_report_module_is_a_deprecated_alias_of_bound_report() -> None:
+    import importlib
+    import sys
+
+    from art_jacreg import bound_report
+
+    sys.modules.pop("art_jacreg.report", None)
+    with pytest.warns(DeprecationWarning, match="art_jacreg.bound_report"):
+        old = importlib.import_module("art_jacreg.report")
+    assert old.BoundReport is bound_report.BoundReport and old.COLUMN_KINDS is bound_report.COLUMN_KINDS
+    from art_jacreg.reporter import BoundReport
+
+    assert BoundReport is bound_report.BoundReport
