@@ -45,7 +45,9 @@ def load_state_dict(path: str | os.PathLike, what: str = "`path`") -> dict[str, 
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # noqa: BLE001 - zip, pickle, EOF and unsafe-global errors all mean "not a state_dict"
-        raise ValueError(f"{what}: cannot read {path} as a torch state_dict ({type(err).__name__})") from None
+        lines = str(err).strip().splitlines()
+        reason = f"{type(err).__name__}: {lines[0].split('. ')[0][:160]}" if lines else type(err).__name__
+        raise ValueError(f"{what}: cannot read {path} as a torch state_dict ({reason})") from None
     if not isinstance(state, dict):
         raise ValueError(f"{what}: {path} holds a {type(state).__name__}, not a state_dict")
     return state
