@@ -7,12 +7,11 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from art_jacreg._io import atomic_savefig
 
 __all__ = ["make_plots"]
 
@@ -58,7 +57,7 @@ def _robust_vs_eps(plt: Any, rows: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -84,7 +83,7 @@ def _robust_vs_time(plt: Any, rows: list[dict[str, Any]], meta: dict[str, Any], 
         ax.set_title(f"Robustness vs training cost ({title})")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -108,12 +107,12 @@ def _jacobian_vs_gap(plt: Any, rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_title(f"Jacobian norm vs robust generalization gap ({title.split(',')[0]})")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
 
 
 def make_plots(out_dir: str | os.PathLike, rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Path]:
-    """Draw the three plots into ``out_dir`` (failed defences are left out).
+    """Draw the three plots into ``out_dir`` (failed defences are left out), each file written atomically.
 
     :param out_dir: The results folder.
     :param rows: Result dicts.

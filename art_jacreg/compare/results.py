@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
 import os
 from pathlib import Path
 from typing import Any
+
+from art_jacreg._io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -79,17 +82,15 @@ def load_cached(path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def save_cached(path: str | os.PathLike, row: dict[str, Any]) -> None:
-    """Write a result atomically (temporary file, then rename).
+    """Write a result atomically (a temporary file with a unique name in the same folder, then renamed), so that
+    concurrent runs into one folder never collide and a reader never sees a partial file.
 
     :param path: The cache file.
     :param row: The result.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        json.dump(_clean(row), handle, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write_json(path, _clean(row), indent=1, sort_keys=True)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -228,7 +229,7 @@ _CSV_FIELDS = ["defence", "status", "norm", "train_eps", "seconds_per_epoch", "t
 
 
 def write_outputs(out_dir: str | os.PathLike, rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Path]:
-    """Write ``results.json``, ``results.csv`` and ``summary.md`` into ``out_dir``.
+    """Write ``results.json``, ``results.csv`` and ``summary.md`` into ``out_dir``, each atomically.
 
     :param out_dir: The results folder.
     :param rows: One result dict per defence.
@@ -238,8 +239,7 @@ def write_outputs(out_dir: str | os.PathLike, rows: list[dict[str, Any]], meta: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "markdown": out / "summary.md"}
-    with paths["json"].open("w", encoding="utf-8") as handle:
-        json.dump(_clean({"meta": meta, "results": rows}), handle, indent=1, sort_keys=True)
+    atomic_write_json(paths["json"], _clean({"meta": meta, "results": rows}), indent=1, sort_keys=True)
     flat_rows = []
     for row in rows:
         flat = {k: row.get(k) for k in _CSV_FIELDS}
@@ -258,9 +258,10 @@ def write_outputs(out_dir: str | os.PathLike, rows: list[dict[str, Any]], meta: 
         flat["error"] = row.get("error")
         flat_rows.append(_clean(flat))
     fields = list(dict.fromkeys(k for flat in flat_rows for k in flat))
-    with paths["csv"].open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(flat_rows)
-    paths["markdown"].write_text(to_markdown(rows, _clean(meta)), encoding="utf-8")
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(flat_rows)
+    atomic_write_text(paths["csv"], buffer.getvalue())
+    atomic_write_text(paths["markdown"], to_markdown(rows, _clean(meta)))
     return paths

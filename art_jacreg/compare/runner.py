@@ -12,6 +12,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from art_jacreg._io import check_output_dir
 from art_jacreg.compare.defences import DefenceSpec, TrainContext, get_defence, train_defence
 from art_jacreg.compare.plots import make_plots
 from art_jacreg.compare.protocol import EvalData, Protocol, evaluate_model, get_preset, load_data
@@ -119,7 +120,8 @@ def run_comparison(
     """Train and evaluate every defence of the protocol, with caching, and write the table and plots.
 
     :param protocol: A :class:`Protocol` or a preset name (``"quick"``, ``"full"``).
-    :param out_dir: Results folder (default :func:`default_out_dir`); created if needed.
+    :param out_dir: Results folder (default :func:`default_out_dir`); created if needed, and checked before any work
+        (a file in its place, or an unwritable parent, raises ``ValueError``).
     :param defences: Override of ``protocol.defences`` (names from :func:`art_jacreg.compare.list_defences`).
     :param resume: Load the cached result of a defence whose configuration hash matches instead of recomputing it.
     :param quiet: No progress bars, only warnings and errors logged.
@@ -129,7 +131,7 @@ def run_comparison(
         default OpenMP threads spin against each other (measured: an AutoAttack call 30 times slower with 2 threads
         than with 1 on 2 oversubscribed cores).
     :return: :class:`ComparisonResult`.
-    :raises ValueError: For an unknown preset or defence name.
+    :raises ValueError: For an unknown preset or defence name, or an ``out_dir`` that cannot be written.
     """
     import torch
 
@@ -158,7 +160,7 @@ def _run(
     if defences is not None:
         protocol = protocol.replace(defences=tuple(defences))
     specs = [get_defence(name) for name in protocol.defences]  # raises on unknown names before any work
-    out = Path(out_dir) if out_dir is not None else default_out_dir(protocol)
+    out = check_output_dir(out_dir if out_dir is not None else default_out_dir(protocol), "`out_dir`")
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(protocol)
     rows, recomputed = [], []

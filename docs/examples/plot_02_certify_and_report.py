@@ -128,7 +128,7 @@ plt.show()
 # Saving the report
 # -----------------
 # A report can be written as CSV or JSON (each column keeps its kind) and read back with
-# :meth:`~art_jacreg.report.BoundReport.from_csv` / :meth:`~art_jacreg.report.BoundReport.from_json`:
+# :meth:`~art_jacreg.bound_report.BoundReport.from_csv` / :meth:`~art_jacreg.bound_report.BoundReport.from_json`:
 #
 # .. code-block:: python
 #

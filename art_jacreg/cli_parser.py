@@ -1,0 +1,240 @@
+"""The argument parser of the ``art-jacreg`` command: options, their types and help texts (no torch import, so
+``--help`` is instant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import NoReturn
+
+__all__ = ["build_parser", "PROG", "METHOD_CHOICES", "ATTACK_CHOICES"]
+
+PROG = "art-jacreg"
+
+
+class _Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` whose errors are a single line (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:  # noqa: D102
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+#: Mirrors of ``art_jacreg.certify.METHODS`` and ``art_jacreg.attacks.ATTACKS``, kept here so that ``--help`` does not
+#: import torch; a test checks they stay equal.
+METHOD_CHOICES = ("lipschitz", "interval", "linear")
+ATTACK_CHOICES = ("apgd", "autoattack", "torchattacks", "pgd")
+
+
+def _positive_float(text: str, what: str = "value") -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{what} must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _eps(text: str) -> float:
+    return _positive_float(text, "eps")
+
+
+def _lr(text: str) -> float:
+    return _positive_float(text, "learning rate")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _norm(text: str) -> float:
+    key = text.strip().lower()
+    if key in ("2", "l2"):
+        return 2.0
+    if key in ("inf", "linf", "l-inf"):
+        return math.inf
+    raise argparse.ArgumentTypeError(f"norm must be 2 or inf, got {text!r}")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, only warnings and errors")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="torch intra-op threads (default 1: the model is small, and oversubscribed cores make torch's "
+        "default multi-threading many times slower)",
+    )
+
+
+def _add_method(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--method",
+        choices=METHOD_CHOICES,
+        default="interval",
+        help="certification method, loose and fast to tight and slow (default interval)",
+    )
+
+
+def _add_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        metavar="PATH",
+        default=None,
+        help="MNIST as ART's mnist.npz or a directory of the four IDX files (default: ART's cache if present, else "
+        "the embedded 5,000-digit subset)",
+    )
+
+
+def _add_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="state_dict of mnist_cnn saved by `art-jacreg train`")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``art-jacreg`` command.
+
+    :return: The parser.
+    """
+    parser = _Parser(
+        prog=PROG,
+        description="Jacobian regularization, sound certificates and bound reports for ART (MNIST CNN tools).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    train = sub.add_parser(
+        "train",
+        help="train mnist_cnn with Jacobian regularization (or plainly) and save its state_dict",
+        description="Train art_jacreg.models.mnist_cnn with JacobianRegularizedTrainer and save the state_dict "
+        "(loadable with torch.load(weights_only=True)). --reg-weight 0 is plain cross-entropy training.",
+    )
+    train.add_argument(
+        "--norm",
+        type=_norm,
+        default=2.0,
+        help="threat norm of the regulariser: 2 (||J||_F^2) or inf (||J||_{1,1}); default 2",
+    )
+    train.add_argument(
+        "--reg-weight",
+        type=_nonneg_float,
+        default=None,
+        help="regularisation weight >= 0 (default: the trainer's default for the norm; 0 = plain)",
+    )
+    train.add_argument("--epochs", type=_positive_int, default=10, help="training epochs (default 10)")
+    train.add_argument("--batch-size", type=_positive_int, default=128, help="mini-batch size (default 128)")
+    train.add_argument("--lr", type=_lr, default=1e-3, help="Adam learning rate (default 1e-3)")
+    train.add_argument("--n-train", type=_positive_int, default=None, help="train on the first N digits only")
+    train.add_argument(
+        "--out", metavar="PATH", default="model.pt", help="where to save the state_dict (default model.pt)"
+    )
+    train.add_argument("--seed", type=int, default=0, help="seed of the weights and of the training (default 0)")
+    _add_data(train)
+    _add_common(train)
+
+    certify = sub.add_parser(
+        "certify",
+        help="print certified radii (median) and certified accuracy of a saved model",
+        description="Certify test digits with JacobianBoundReporter.certify (sound; radii in pixel units of [0, 1] "
+        "images) and print the median certified radius and the certified accuracy at each --eps.",
+    )
+    _add_model(certify)
+    certify.add_argument("--norm", type=_norm, default=2.0, help="2 or inf (default 2)")
+    certify.add_argument(
+        "--eps",
+        type=_eps,
+        nargs="+",
+        default=None,
+        help="radii for certified accuracy (default 0.1 0.3 for l2, 0.01 0.02 for inf)",
+    )
+    _add_method(certify)
+    certify.add_argument("--n", type=_positive_int, default=200, help="number of test digits (default 200)")
+    certify.add_argument("--batch-size", type=_positive_int, default=128, help="samples per batch (default 128)")
+    _add_data(certify)
+    _add_common(certify)
+
+    report = sub.add_parser(
+        "report",
+        help="print the BoundReport (first-order estimates, certificates, attack) of a saved model",
+        description="Run JacobianBoundReporter.report on test digits and print its markdown; optionally save it as "
+        "CSV/JSON and print the generalization report.",
+    )
+    _add_model(report)
+    report.add_argument("--eps", type=_eps, default=None, help="radius (default 1.0 for l2, 0.1 for inf)")
+    report.add_argument("--norm", type=_norm, default=2.0, help="2 or inf (default 2)")
+    report.add_argument(
+        "--attack",
+        choices=ATTACK_CHOICES,
+        default="apgd",
+        help="attack for the empirical columns (default apgd)",
+    )
+    _add_method(report)
+    report.add_argument("--n", type=_positive_int, default=100, help="number of test digits (default 100)")
+    report.add_argument("--max-rows", type=_positive_int, default=20, help="rows shown in the table (default 20)")
+    report.add_argument("--csv", metavar="PATH", default=None, help="also write the report as CSV")
+    report.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON")
+    report.add_argument(
+        "--generalization",
+        action="store_true",
+        help="also print the generalization report (layer norms, margin bound, Jacobian norms, gaps "
+        "at --eps on --n training and test digits)",
+    )
+    _add_data(report)
+    _add_common(report)
+
+    compare = sub.add_parser(
+        "compare",
+        help="compare JR with ART's adversarial trainers (table + plots)",
+        description="Train every defence on the same MNIST CNN, seed, optimizer and epochs; evaluate clean, "
+        "AutoAttack and certified accuracy, Jacobian norms and generalization gaps; write summary.md, "
+        "results.json/csv and PNG plots into a results folder (printed). Results are cached per defence, so a rerun "
+        "resumes.",
+    )
+    compare.add_argument(
+        "--preset",
+        choices=("quick", "full"),
+        default="quick",
+        help="quick: 7 defences, 3 epochs, under 10 minutes on 2 cores (default); full: every "
+        "defence, 10 epochs, roughly 30-45 minutes",
+    )
+    compare.add_argument(
+        "--defences",
+        metavar="NAMES",
+        default=None,
+        help="comma-separated defence names replacing the preset's list (see --list-defences)",
+    )
+    compare.add_argument("--list-defences", action="store_true", help="print the defence names and exit")
+    compare.add_argument(
+        "--out", metavar="DIR", default=None, help="results folder (default ./art-jacreg-results/<preset>)"
+    )
+    compare.add_argument("--epochs", type=_positive_int, default=None, help="override the preset's epoch budget")
+    compare.add_argument("--n-train", type=_positive_int, default=None, help="train on N digits (default: all)")
+    compare.add_argument(
+        "--n-attack",
+        type=_positive_int,
+        default=None,
+        help="override the number of attacked (and certified, and Jacobian) points",
+    )
+    compare.add_argument("--attack-iter", type=_positive_int, default=None, help="override APGD iterations")
+    compare.add_argument("--seed", type=int, default=None, help="override the seed (default 0)")
+    compare.add_argument("--no-resume", action="store_true", help="recompute every defence, ignoring the cache")
+    compare.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    _add_data(compare)
+    _add_common(compare)
+    return parser
