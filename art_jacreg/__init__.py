@@ -16,7 +16,7 @@ __all__ = ["JacobianRegularizedTrainer", "JacobianBoundReporter", "BoundReport",
 _LAZY = {
     "JacobianRegularizedTrainer": "art_jacreg.trainer",
     "JacobianBoundReporter": "art_jacreg.reporter",
-    "BoundReport": "art_jacreg.reporter",
+    "BoundReport": "art_jacreg.bound_report",
     "load_mnist": "art_jacreg.data",
 }
 

@@ -1,7 +1,7 @@
 """Adapters that run a real attack on an ART ``PyTorchClassifier`` and return the worst loss found per sample.
 
-The *empirical* columns of :class:`art_jacreg.report.BoundReport` come from here. Every attack works in the raw input
-units of the classifier (``eps`` through ART's ``preprocessing``) and stays in the ``clip_values`` box. Candidate
+The *empirical* columns of :class:`art_jacreg.bound_report.BoundReport` come from here. Every attack works in the raw
+input units of the classifier (``eps`` through ART's ``preprocessing``) and stays in the ``clip_values`` box. Candidate
 points are projected onto the ball and box once more (float64) before they are evaluated, so each reported attack
 loss is the cross-entropy at a point of the threat set: a valid *lower* bound on the robust loss.
 

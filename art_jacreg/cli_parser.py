@@ -8,6 +8,8 @@ import argparse
 import math
 from typing import NoReturn
 
+from art_jacreg._validate import validate_norm
+
 __all__ = ["build_parser", "PROG", "METHOD_CHOICES", "ATTACK_CHOICES"]
 
 PROG = "art-jacreg"
@@ -65,12 +67,10 @@ def _nonneg_float(text: str) -> float:
 
 
 def _norm(text: str) -> float:
-    key = text.strip().lower()
-    if key in ("2", "l2"):
-        return 2.0
-    if key in ("inf", "linf", "l-inf"):
-        return math.inf
-    raise argparse.ArgumentTypeError(f"norm must be 2 or inf, got {text!r}")
+    try:
+        return validate_norm(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"norm must be 2 or inf, got {text!r}") from None
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

@@ -7,8 +7,8 @@ accepts it) with three extra methods:
   provably cannot change, like ART's ``PyTorchRandomizedSmoothing.certify`` but deterministic and sound;
 * :meth:`JacobianBoundReporter.predict_bounds` -- lower/upper logit bounds on a ball, shaped like ART's
   ``PyTorchIBPClassifier.predict_intervals``;
-* :meth:`JacobianBoundReporter.report` -- a :class:`~art_jacreg.report.BoundReport` putting the paper's first-order
-  estimates (Wu & Li 2024), sound certificates and a real attack side by side.
+* :meth:`JacobianBoundReporter.report` -- a :class:`~art_jacreg.bound_report.BoundReport` putting the paper's
+  first-order estimates (Wu & Li 2024), sound certificates and a real attack side by side.
 
 **Units.** Every ``eps`` and radius is in the *raw* input units the attacker perturbs (the ``clip_values`` space, e.g.
 pixels in ``[0, 1]``), through the classifier's ``preprocessing``: the same units as ART's attacks and randomized
@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from art_jacreg import _art, _validate
 from art_jacreg._validate import METHODS
 from art_jacreg.attacks import evaluate, run_attack
-from art_jacreg.report import BoundReport
+from art_jacreg.bound_report import BoundReport
 
 if TYPE_CHECKING:
     import torch

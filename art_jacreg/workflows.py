@@ -7,12 +7,13 @@ parses arguments, calls these functions and prints what they return.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import numpy as np
 import torch
 from art.estimators.classification import PyTorchClassifier
+
+from art_jacreg._validate import norm_key, norm_label
 
 __all__ = [
     "TrainingSummary",
@@ -29,10 +30,6 @@ __all__ = [
 def _indices(y: np.ndarray) -> np.ndarray:
     y = np.asarray(y)
     return y.argmax(axis=1) if y.ndim == 2 else y.astype(np.int64)
-
-
-def _norm_name(norm: float) -> str:
-    return "l2" if norm == 2 else "l-inf"
 
 
 def default_certify_eps(norm: float) -> list[float]:
@@ -95,7 +92,7 @@ class TrainingSummary:
         if self.reg_weight == 0:
             kind = "plain"
         else:
-            kind = f"JR norm={'inf' if self.norm == math.inf else 2} reg_weight={self.reg_weight:g}"
+            kind = f"JR norm={norm_key(self.norm)} reg_weight={self.reg_weight:g}"
         return f"mnist_cnn ({kind}, {self.epochs} epochs on {self.n_train} digits)"
 
 
@@ -161,8 +158,9 @@ class CertificationSummary:
         :return: Plain text.
         """
         lines = [
-            f"certified radii ({_norm_name(self.norm)}, method {self.method}) on {self.n} test digits, pixel units "
-            "of [0, 1]:",
+            f"certified radii ({norm_label(self.norm, ascii_only=True)}, method {self.method})"
+            f" on {self.n} test digits, "
+            "pixel units of [0, 1]:",
             f"  clean accuracy:                      {self.clean_accuracy:.4f}",
             f"  median certified radius (all):       {self.median_radius:.4g}",
             f"  median certified radius (correct=0 otherwise): {self.median_radius_correct:.4g}",
