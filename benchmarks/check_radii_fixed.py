@@ -46,8 +46,14 @@ def _models() -> dict[str, nn.Module]:
     out: dict[str, nn.Module] = {}
     torch.manual_seed(0)
     out["cnn"] = nn.Sequential(
-        nn.Conv2d(1, 4, 4, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(8 * 7 * 7, 32), nn.ReLU(), nn.Linear(32, 10),
+        nn.Conv2d(1, 4, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 8, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 7 * 7, 32),
+        nn.ReLU(),
+        nn.Linear(32, 10),
     )
     torch.manual_seed(1)
     out["mlp"] = nn.Sequential(
@@ -55,14 +61,29 @@ def _models() -> dict[str, nn.Module]:
     )
     torch.manual_seed(2)
     out["maxpool"] = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, stride=2, padding=1),
-        nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1), nn.Flatten(), nn.Linear(6 * 4 * 4, 10),
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 10),
     )
     torch.manual_seed(3)
     bn_avg = nn.Sequential(
-        nn.Conv2d(1, 4, 4, stride=2, padding=1), nn.ReLU(), nn.BatchNorm2d(4), nn.AvgPool2d(2),
-        nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 7 * 7, 16),
-        nn.ReLU(), nn.BatchNorm1d(16), nn.Linear(16, 10),
+        nn.Conv2d(1, 4, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.BatchNorm2d(4),
+        nn.AvgPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 7 * 7, 16),
+        nn.ReLU(),
+        nn.BatchNorm1d(16),
+        nn.Linear(16, 10),
     )
     gen = torch.Generator().manual_seed(4)
     for mod in bn_avg.modules():
@@ -115,7 +136,8 @@ def compare(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> bool
     same = True
     worst_abs, worst_rel = 0.0, 0.0
     if set(before) != set(after):
-        print(f"keys differ: only before {sorted(set(before) - set(after))}, only after {sorted(set(after) - set(before))}")
+        only_before, only_after = sorted(set(before) - set(after)), sorted(set(after) - set(before))
+        print(f"keys differ: only before {only_before}, only after {only_after}")
         same = False
     for key in sorted(set(before) & set(after)):
         a, b = np.asarray(before[key]), np.asarray(after[key])
