@@ -27,7 +27,7 @@ import torch
 from art_jacreg.certify._common import check_network, validate_norm
 from art_jacreg.certify._dtype import DTYPE
 from art_jacreg.certify.network import PiecewiseLinearNetwork
-from art_jacreg.certify.ops.base import EXPLICIT_LIMIT, EXPLICIT_MIN_SIDE
+from art_jacreg.certify.ops.affine import EXPLICIT_LIMIT, EXPLICIT_MIN_SIDE
 from art_jacreg.certify.ops.base import NORM_SLACK as _SLACK
 
 __all__ = [

@@ -21,7 +21,7 @@ import torch
 
 from art_jacreg.certify._common import InputSet
 from art_jacreg.certify.network import PiecewiseLinearNetwork
-from art_jacreg.certify.ops.base import PatchGeometry
+from art_jacreg.certify.ops.patch_geometry import PatchGeometry
 
 __all__ = ["patch_supported", "patch_elements", "patch_lower"]
 

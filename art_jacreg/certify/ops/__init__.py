@@ -1,6 +1,7 @@
 """The operations a :class:`~art_jacreg.certify.network.PiecewiseLinearNetwork` is made of, one class per file.
 
-Every operation owns its rules (see :mod:`art_jacreg.certify.ops.base`): forward, interval step, linear relaxation
+Every operation owns its rules (see :mod:`art_jacreg.certify.ops.base`; the affine ones derive them in
+:mod:`art_jacreg.certify.ops.affine`): forward, interval step, linear relaxation
 (dense rows and, for convolutional prefixes, patches), Jacobian pull-back, centre-and-ball step, operator-norm
 bound. Affine operations (:class:`Affine`, :class:`Linear`, :class:`Conv2d`, :class:`Reshape`) derive all of them
 from ``lin(x) + offset``, its adjoint and the entry-wise absolute value and square of its matrix; the
@@ -15,7 +16,8 @@ from __future__ import annotations
 # DTYPE, Shape and the network stay importable from here, as before the split (documented where defined).
 from art_jacreg.certify._dtype import DTYPE, Shape  # noqa: F401
 from art_jacreg.certify.network import PiecewiseLinearNetwork  # noqa: F401
-from art_jacreg.certify.ops.base import AffineOp, Op, PiecewiseOp
+from art_jacreg.certify.ops.affine import AffineOp
+from art_jacreg.certify.ops.base import Op, PiecewiseOp
 from art_jacreg.certify.ops.conv import Conv2d
 from art_jacreg.certify.ops.elementwise import Affine
 from art_jacreg.certify.ops.linear import Linear

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from art_jacreg.certify._dtype import DTYPE, Shape
-from art_jacreg.certify.ops.base import NORM_SLACK, AffineOp, Pair, PatchGeometry
+from art_jacreg.certify.ops.affine import AffineOp
+from art_jacreg.certify.ops.base import NORM_SLACK
+from art_jacreg.certify.ops.patch_geometry import Pair, PatchGeometry
 
 __all__ = ["Conv2d"]
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 from art_jacreg.certify._dtype import DTYPE, Shape
-from art_jacreg.certify.ops.base import NORM_SLACK, AffineOp, Op, PatchGeometry
+from art_jacreg.certify.ops.affine import AffineOp
+from art_jacreg.certify.ops.base import NORM_SLACK, Op
+from art_jacreg.certify.ops.patch_geometry import PatchGeometry
 
 __all__ = ["Affine"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from art_jacreg.certify._dtype import DTYPE
-from art_jacreg.certify.ops.base import AffineOp
+from art_jacreg.certify.ops.affine import AffineOp
 
 __all__ = ["Linear"]
 

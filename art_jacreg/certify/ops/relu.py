@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from art_jacreg.certify._dtype import Shape
-from art_jacreg.certify.ops.base import PatchGeometry, PiecewiseOp, Tensors, dual_norm, weighted_sum
+from art_jacreg.certify.ops.base import PiecewiseOp, Tensors, dual_norm, weighted_sum
+from art_jacreg.certify.ops.patch_geometry import PatchGeometry
 
 __all__ = ["ReLU", "relu_relaxation"]
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from art_jacreg.certify._dtype import DTYPE, Shape
-from art_jacreg.certify.ops.base import AffineOp
+from art_jacreg.certify.ops.affine import AffineOp
 
 __all__ = ["Reshape"]
 
