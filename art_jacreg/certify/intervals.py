@@ -29,7 +29,8 @@ from art_jacreg.certify._common import InputSet, box_deviation
 from art_jacreg.certify.lipschitz import segment_lipschitz
 from art_jacreg.certify.network import PiecewiseLinearNetwork
 from art_jacreg.certify.ops.base import Op, weighted_sum
-from art_jacreg.certify.ops.maxpool import maxpool_windows  # noqa: F401 - importable from here as before
+from art_jacreg.certify.ops.maxpool import maxpool_windows  # noqa: F401 - importable from here, as before
+from art_jacreg.certify.ops.relu import relu_relaxation  # noqa: F401 - importable from here, as before
 from art_jacreg.certify.patches import patch_elements, patch_lower, patch_supported
 
 __all__ = ["Bounds", "interval_bounds", "linear_bounds", "backward_lower"]

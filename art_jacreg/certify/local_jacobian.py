@@ -5,9 +5,11 @@ the output: through an affine operation ``A`` they become ``c A ± r |A|``; thro
 in ``[l, u]`` the slope is ``1`` (``l >= 0``), ``0`` (``u <= 0``) or anything in ``[0, 1]``, which turns the row
 interval ``[a, b]`` into ``[min(0, a), max(0, b)]``; through a MaxPool window the row goes to the single input that
 provably dominates, or else to any of the inputs that can still be the maximum (the same hull with ``0`` on each).
-Pre-activation bounds come from :mod:`art_jacreg.certify.intervals` and hold on the whole input set, so every
-Jacobian of every point of the set lies in the result, and by ``f(x') - f(x) = int_0^1 J(x + t (x' - x)) (x' - x) dt``
-(the set is convex and contains ``x``) so does every difference quotient.
+These are the operations' own rules (:meth:`~.ops.base.Op.pull_back_interval`, :meth:`~.ops.base.Op.ball_step`);
+this module only iterates over the operations. Pre-activation bounds come from :mod:`art_jacreg.certify.intervals`
+and hold on the whole input set, so every Jacobian of every point of the set lies in the result, and by
+``f(x') - f(x) = int_0^1 J(x + t (x' - x)) (x' - x) dt`` (the set is convex and contains ``x``) so does every
+difference quotient.
 
 Two refinements use the intervals at every layer boundary (:func:`pull_back`), not only at the input:
 :func:`split_bound` multiplies a local bound on the last layers by a global one on the first, and

@@ -9,7 +9,7 @@ image multiply the convolution's zero padding and are dropped. On the MNIST CNN 
 arithmetic than dense rows, with the same numbers (the tests compare both to float64 rounding).
 
 Each operation says whether it has a patch-form rule (:meth:`~.ops.base.Op.supports_patches`) and owns it
-(:meth:`~.ops.base.Op.patch_backward`, the geometry in :class:`~.ops.base.PatchGeometry`). Today: element-wise
+(:meth:`~.ops.base.Op.patch_backward`, the geometry in :class:`~.ops.patch_geometry.PatchGeometry`). Today: element-wise
 affine maps (preprocessing, BatchNorm), ``Conv2d`` with ``groups=1`` and no dilation, and ReLU. Anything else
 (MaxPool, reshapes, Linear, depthwise AvgPool) is left to the dense engine,
 :func:`~art_jacreg.certify.intervals.backward_lower`.

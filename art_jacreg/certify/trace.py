@@ -32,7 +32,7 @@ from art_jacreg.certify.ops import Affine, Op
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["UnsupportedOperationError", "build_network"]
+__all__ = ["build_network"]  # UnsupportedOperationError is documented in convert
 
 
 def _preprocessing_op(preprocessing: Any, input_shape: tuple[int, ...]) -> Affine | None:
