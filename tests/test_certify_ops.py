@@ -3,8 +3,8 @@
 For every kind of operation (the template for a new one): the interval step contains the image of sampled points,
 the backward linear relaxation is a lower bound at sampled points, the pulled-back Jacobian row interval and
 centre-and-ball contain the exact rows (autograd) at sampled points, the operator-norm bound dominates sampled
-difference quotients, and folding a following element-wise affine is exact. Also the network's immutability and its
-declared Lipschitz memo.
+difference quotients, and folding a following element-wise affine is exact. A new operation defined only in this file
+runs through every engine. Also the network's immutability and its declared Lipschitz memo.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import math
 import pytest
 import torch
 
-from art_jacreg.certify import PiecewiseLinearNetwork
+from art_jacreg.certify import PiecewiseLinearNetwork, certified_radius, logit_bounds
 from art_jacreg.certify.lipschitz import segment_lipschitz
-from art_jacreg.certify.ops import Affine, Conv2d, Linear, MaxPool2d, ReLU, Reshape
+from art_jacreg.certify.ops import Affine, AffineOp, Conv2d, Linear, MaxPool2d, ReLU, Reshape
 from art_jacreg.certify.ops.base import dual_norm
 
 TOL = 1e-9
@@ -177,3 +177,51 @@ def test_network_is_immutable_and_declares_its_lipschitz_memo():
     assert twin.lipschitz_cache == {} and segment_lipschitz(twin, 0, len(twin.ops), 2.0) == bound
     x = torch.randn(2, 4, dtype=torch.float64)
     torch.testing.assert_close(twin(x), net(x), rtol=0, atol=0)
+
+
+class _Negate(AffineOp):
+    """A new operation written only here, ``x -> -x``: every rule derives from the five linear maps."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__(shape, shape)
+        self._offset = torch.zeros(shape, dtype=torch.float64)
+
+    def lin(self, x: torch.Tensor) -> torch.Tensor:
+        return -x
+
+    lin_t = lin
+
+    def abs_lin(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    abs_lin_t = abs_lin
+    sq_lin = abs_lin
+
+
+@pytest.mark.parametrize("norm", [2.0, math.inf])
+def test_a_new_operation_needs_no_engine_change(norm):
+    g = _gen()
+    ops = [
+        Linear(torch.randn(6, 4, generator=g), torch.randn(6, generator=g)),
+        ReLU((6,)),
+        _Negate((6,)),
+        Linear(torch.randn(6, 6, generator=g), torch.randn(6, generator=g)),
+        ReLU((6,)),
+        Linear(torch.randn(3, 6, generator=g), None),
+    ]
+    net = PiecewiseLinearNetwork(ops, (4,))
+    x = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    eps = 0.2
+    points = x + eps * (torch.rand((200, *x.shape), generator=g, dtype=torch.float64) * 2 - 1)
+    if norm == 2:
+        d = points - x
+        points = x + d / d.norm(dim=-1, keepdim=True).clamp(min=eps) * eps
+    values = torch.stack([net(p) for p in points])
+    widths = {}
+    for method in ("lipschitz", "interval", "linear"):
+        lower, upper = logit_bounds(net, x, eps, norm, None, method)
+        assert (values >= lower - 1e-9).all() and (values <= upper + 1e-9).all(), method
+        widths[method] = float((upper - lower).sum())
+    assert widths["linear"] <= widths["interval"] * (1 + 1e-9) <= widths["lipschitz"] * (1 + 1e-9)
+    radius = certified_radius(net, x, net(x).argmax(1), norm, None, "linear")
+    assert (radius > 0).all()
