@@ -130,13 +130,13 @@ def functional_lower_bounds(
         if bool(need.all()):  # every row of every sample: keep the (B, M) layout
             pairs, prows, pvalue = sub, full, value
         else:  # only the (sample, row) pairs that need it, each its own batch entry with its sample's bounds
-            candidates = [Bounds([t[inverse] for t in b.lower], [t[inverse] for t in b.upper]) for b in candidates]
+            candidates = [Bounds([t[inverse] for t in c.lower], [t[inverse] for t in c.upper]) for c in candidates]
             pairs, prows, pvalue = sub.subset(inverse), full[samples, which][:, None], value[samples, which][:, None]
         refined = torch.full_like(pvalue, -math.inf)
-        for b in candidates:  # "linear" keeps every "interval" bound too, so it is never looser
-            refined = torch.maximum(refined, _relaxation_lower(net, pairs, b, prows, method))
+        for bounds in candidates:  # "linear" keeps every "interval" bound too, so it is never looser
+            refined = torch.maximum(refined, _relaxation_lower(net, pairs, bounds, prows, method))
             if pairs.norm == 2 or method == "linear":
-                refined = torch.maximum(refined, pvalue + local_deviation_lower(net, b, prows, pairs))
+                refined = torch.maximum(refined, pvalue + local_deviation_lower(net, bounds, prows, pairs))
         if bool(need.all()):
             return torch.maximum(low, refined)
         low[samples, which] = torch.maximum(low[samples, which], refined[:, 0])

@@ -102,6 +102,7 @@ def split_bound(
     for i, c, r in pull_back(net, bounds, rows):
         value = reduce(c, r, i)
         best = value if best is None else torch.minimum(best, value)
+    assert best is not None  # pull_back always yields the output boundary
     return c, r, best
 
 

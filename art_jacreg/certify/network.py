@@ -33,6 +33,10 @@ class PiecewiseLinearNetwork:
     """
 
     __slots__ = ("_ops", "_input_shape", "_num_classes", "_lipschitz_cache")
+    _ops: tuple[Op, ...]
+    _input_shape: Shape
+    _num_classes: int
+    _lipschitz_cache: dict[tuple, float]
 
     def __init__(self, ops: Iterable[Op], input_shape: Shape) -> None:
         ops = tuple(ops)

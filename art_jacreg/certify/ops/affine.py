@@ -25,6 +25,7 @@ class AffineOp(Op):
     """An affine operation ``x -> lin(x) + offset``; its rules follow from the five linear maps below."""
 
     affine = True
+    _offset: torch.Tensor
 
     def lin(self, x: torch.Tensor) -> torch.Tensor:
         """The linear part ``A x``.

@@ -169,6 +169,24 @@ class Op:
         """
         raise NotImplementedError
 
+    def rows_t(self, a: torch.Tensor) -> torch.Tensor:
+        """Rows ``(B, M, *out_shape)`` pulled back through the linear part (affine operations only).
+
+        :param a: Rows on the output.
+        :return: ``(B, M, *in_shape)``.
+        """
+        raise NotImplementedError(f"{self!r} is not affine")
+
+    def deviation_rows(self, rho: torch.Tensor, exact: bool, norm: float) -> tuple[torch.Tensor, bool]:
+        """Row dual norms of an affine block one operation further (affine operations only; see ``AffineOp``).
+
+        :param rho: Dual norms of the rows on the input.
+        :param exact: Whether they are exact.
+        :param norm: ``2`` or ``inf``.
+        :return: ``(rho', exact')``.
+        """
+        raise NotImplementedError(f"{self!r} is not affine")
+
     def operator_norm(self, norm: float, in_scale: torch.Tensor | None = None) -> float:
         """Upper bound on the operator norm ``||.||_p -> ||.||_p`` (the Lipschitz constant), ``1`` by default.
 
