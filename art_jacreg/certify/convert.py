@@ -45,7 +45,7 @@ def _pair(v: Any) -> tuple[int, int]:
 def _target_name(node: fx.Node, root: nn.Module) -> str:
     """Human-readable name of what ``node`` calls, e.g. ``torch.sigmoid`` or ``torch.nn.Sigmoid``."""
     if node.op == "call_module":
-        mod = root.get_submodule(node.target)
+        mod = root.get_submodule(str(node.target))
         cls = type(mod)
         module = cls.__module__
         if module.startswith("torch.nn.modules"):
@@ -94,7 +94,7 @@ def is_shape_query(node: fx.Node) -> bool:
 def convert_node(node: fx.Node, gm: fx.GraphModule, in_shape: tuple, out_shape: tuple) -> list[Op]:
     """Operations equivalent to one graph node (possibly none)."""
     if node.op == "call_module":
-        return _convert_module(node, gm, gm.get_submodule(node.target), in_shape, out_shape)
+        return _convert_module(node, gm, gm.get_submodule(str(node.target)), in_shape, out_shape)
     target = node.target
     if node.op == "call_method":
         if target in ("relu", "relu_"):
@@ -172,6 +172,7 @@ def _avgpool(node: fx.Node, gm: fx.GraphModule, in_shape: tuple, out_shape: tupl
 
 def _reshape(node: fx.Node, gm: fx.GraphModule, in_shape: tuple, out_shape: tuple) -> list[Op]:
     full_in, full_out = tensor_shape(node.all_input_nodes[0]), tensor_shape(node)
+    assert full_in is not None and full_out is not None  # only tensor-valued nodes are converted
     if full_out[0] != full_in[0] or math.prod(in_shape) != math.prod(out_shape):
         raise unsupported(node, gm, "reshapes across the batch dimension")
     return [] if tuple(in_shape) == tuple(out_shape) else [Reshape(in_shape, out_shape)]
@@ -224,7 +225,7 @@ def _convert_module(node: fx.Node, gm: fx.GraphModule, mod: nn.Module, in_shape:
                 if any(t % 2 for t in total):
                     raise unsupported(node, gm, "asymmetric 'same' padding")
                 padding = (total[0] // 2, total[1] // 2)
-        op = Conv2d(mod.weight, mod.bias, in_shape, mod.stride, _pair(padding), mod.dilation, mod.groups)
+        op = Conv2d(mod.weight, mod.bias, in_shape, _pair(mod.stride), _pair(padding), _pair(mod.dilation), mod.groups)
         if op.out_shape != tuple(out_shape):
             raise unsupported(node, gm, "output shape mismatch")
         return [op]

@@ -169,7 +169,9 @@ def _convert(gm: fx.GraphModule) -> list[Op]:
             raise unsupported(
                 node, gm, f"reads '{data_args[0].name}', not the previous operation; only chains are supported"
             )
-        in_shape, out_shape = tensor_shape(current)[1:], tensor_shape(node)[1:]
+        full_in, full_out = tensor_shape(current), tensor_shape(node)
+        assert full_in is not None and full_out is not None  # shape queries were left out by _data_nodes
+        in_shape, out_shape = full_in[1:], full_out[1:]
         ops.extend(convert_node(node, gm, in_shape, out_shape))
         current = node
     return ops

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F  # noqa: N812
+from torch.nn.grad import conv2d_input
 
 from art_jacreg.certify._dtype import DTYPE, Shape
 from art_jacreg.certify.ops.affine import AffineOp
@@ -45,7 +46,10 @@ class Conv2d(AffineOp):
     ) -> None:
         weight = weight.detach().to(DTYPE).clone()
         self.weight, self.abs_weight = weight, weight.abs()
-        self.stride, self.padding, self.dilation, self.groups = tuple(stride), tuple(padding), tuple(dilation), groups
+        self.stride: Pair = (int(stride[0]), int(stride[1]))
+        self.padding: Pair = (int(padding[0]), int(padding[1]))
+        self.dilation: Pair = (int(dilation[0]), int(dilation[1]))
+        self.groups = groups
         out = self._conv(torch.zeros((1, *in_shape), dtype=DTYPE), weight)
         super().__init__(in_shape, out.shape[1:])
         b = torch.zeros(weight.shape[0], dtype=DTYPE) if bias is None else bias.detach().to(DTYPE)
@@ -56,7 +60,7 @@ class Conv2d(AffineOp):
 
     def _conv_t(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         size = (y.shape[0], *self.in_shape)
-        return torch.nn.grad.conv2d_input(size, weight, y, self.stride, self.padding, self.dilation, self.groups)
+        return conv2d_input(size, weight, y, self.stride, self.padding, self.dilation, self.groups)
 
     def lin(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return self._conv(x, self.weight)
