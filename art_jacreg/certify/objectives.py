@@ -96,6 +96,8 @@ class CertifiedMargins:
         self.num_classes = h.shape[1]
         nonlin = [i for i, (k, *_) in enumerate(self.ops) if k in ("relu", "maxpool")]
         self.tail = nonlin[-1] + 1 if nonlin else 0
+        convs = [i for i, (k, *_) in enumerate(self.ops) if k == "conv"]
+        self.dense_start = convs[-1] + 1 if convs else 0
 
     @staticmethod
     def _kind(mod: nn.Module) -> str:
@@ -243,7 +245,7 @@ class CertifiedMargins:
         norm: float | str = 2,
         bound: str = "local",
         n_iter: int = 1,
-        split_depth: int | None = None,
+        full_depth: bool = False,
         crown: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and margin lower bounds over ``B_p(x, eps) ∩ box``.
@@ -254,8 +256,9 @@ class CertifiedMargins:
         :param norm: ``2`` or ``inf``.
         :param bound: ``"global"`` or ``"local"``.
         :param n_iter: Power-iteration steps this call (l2).
-        :param split_depth: ``p = 2`` local: how many operations from the output the split bounds go down (default:
-            all; the pull-back stops at the first MaxPool/AvgPool).
+        :param full_depth: ``p = 2`` local: pull the Jacobian rows back to the input (``M = K - 1`` transposed
+            convolutions per sample, many times the cost of a training step); default: only through the dense layers
+            after the last convolution, the layers below bounded by their norms.
         :param crown: ``p = inf`` local: CROWN-IBP on the whole network instead of the interval margin bound.
         :return: ``(logits (B, K), low (B, K))`` with ``low[b, y_b] = 0``.
         :raises ValueError: On an unknown ``bound``.
@@ -288,17 +291,19 @@ class CertifiedMargins:
         if bound == "global":
             return logits, self._scatter(best, y)
         if norm == 2:
-            best = torch.maximum(best, value - eps[:, None] * self._split(rows, lows, ups, norms, split_depth))
-            best = torch.maximum(best, value + self._ball(rows, lows, ups, norms, x, eps))
+            stop = 0 if full_depth else self.dense_start
+            best = torch.maximum(best, value - eps[:, None] * self._split(rows, lows, ups, norms, stop))
+            best = torch.maximum(best, value + self._ball(rows, lows, ups, norms, x, eps, stop))
         elif crown:
             best = torch.maximum(best, self._crown(rows, lows, ups, x, eps))
         return logits, self._scatter(best, y)
 
-    def _ball(self, rows, lows, ups, norms, x, eps) -> torch.Tensor:
+    def _ball(self, rows, lows, ups, norms, x, eps, stop) -> torch.Tensor:
         """Centre-and-ball bound from the output (``local_deviation_lower``): exact rows with midpoint slopes on
-        undecided ReLUs, each adding ``||c_unstable||_2 / 2`` to a ball radius that grows with the layer norms."""
+        undecided ReLUs, each adding ``||c_unstable||_2 / 2`` to a ball radius that grows with the layer norms; at a
+        boundary ``stop > 0`` finished by the prefix norms, ``-(||c|| + rho) L_{0..stop} eps``."""
         c, rho = rows, torch.zeros(rows.shape[:2], dtype=rows.dtype)
-        for i in range(len(self.ops) - 1, -1, -1):
+        for i in range(len(self.ops) - 1, stop - 1, -1):
             kind = self.ops[i][0]
             if kind == "relu":
                 lo_b, hi_b = lows[i][:, None], ups[i][:, None]
@@ -309,6 +314,8 @@ class CertifiedMargins:
                 return torch.full_like(rho, -math.inf)
             else:
                 c, rho = self._pull(i, c), rho * norms[i]
+        if stop > 0:
+            return -eps[:, None] * (c.flatten(2).norm(dim=-1) + rho) * self._prefix(norms, stop)
         c, rho = c * self.scale, rho * self.scale.abs().max()
         lo, hi = self._box(x, eps)
         d_lo, d_hi = (lo - x).flatten(1)[:, None], (hi - x).flatten(1)[:, None]
@@ -326,11 +333,10 @@ class CertifiedMargins:
         _, _, inp, out = self.ops[i]
         return self._lin_t(i, a.reshape(b * m, *out), weight).reshape(b, m, *inp)
 
-    def _split(self, rows, lows, ups, norms, depth) -> torch.Tensor:
-        """``min_i ||(|c_i| + r_i)||_2 L_{0..i}`` over the boundaries the interval Jacobian reaches."""
+    def _split(self, rows, lows, ups, norms, stop) -> torch.Tensor:
+        """``min_i ||(|c_i| + r_i)||_2 L_{0..i}`` over the boundaries ``i >= stop`` the interval Jacobian reaches."""
         c, r = rows, torch.zeros_like(rows)
         best = None
-        stop = 0 if depth is None else max(0, len(self.ops) - depth)
         for i in range(len(self.ops), stop - 1, -1):
             value = (c.abs() + r).flatten(2).norm(dim=-1) * self._prefix(norms, i)
             best = value if best is None else torch.minimum(best, value)
