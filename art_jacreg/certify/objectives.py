@@ -96,8 +96,6 @@ class CertifiedMargins:
         self.num_classes = h.shape[1]
         nonlin = [i for i, (k, *_) in enumerate(self.ops) if k in ("relu", "maxpool")]
         self.tail = nonlin[-1] + 1 if nonlin else 0
-        convs = [i for i, (k, *_) in enumerate(self.ops) if k == "conv"]
-        self.dense_start = convs[-1] + 1 if convs else 0
 
     @staticmethod
     def _kind(mod: nn.Module) -> str:
@@ -245,7 +243,7 @@ class CertifiedMargins:
         norm: float | str = 2,
         bound: str = "local",
         n_iter: int = 1,
-        full_depth: bool = False,
+        depth: int | None = 1,
         crown: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and margin lower bounds over ``B_p(x, eps) ∩ box``.
@@ -256,9 +254,9 @@ class CertifiedMargins:
         :param norm: ``2`` or ``inf``.
         :param bound: ``"global"`` or ``"local"``.
         :param n_iter: Power-iteration steps this call (l2).
-        :param full_depth: ``p = 2`` local: pull the Jacobian rows back to the input (``M = K - 1`` transposed
-            convolutions per sample, many times the cost of a training step); default: only through the dense layers
-            after the last convolution, the layers below bounded by their norms.
+        :param depth: ``p = 2`` local: how many ReLU/MaxPool layers, counted from the output, the local Jacobian rows
+            are pulled back through before the layers below are bounded by their norms; ``None``: down to the input
+            (``K - 1`` transposed convolutions per sample, many times the cost of a training step).
         :param crown: ``p = inf`` local: CROWN-IBP on the whole network instead of the interval margin bound.
         :return: ``(logits (B, K), low (B, K))`` with ``low[b, y_b] = 0``.
         :raises ValueError: On an unknown ``bound``.
@@ -281,6 +279,17 @@ class CertifiedMargins:
         if norm == math.inf:  # also through l2: ||delta||_2 <= sqrt(d) ||delta||_inf
             l2_lip = a_t.flatten(2).norm(dim=-1) * self._prefix(self.layer_norms(2.0, n_iter), self.tail)
             lip = torch.minimum(lip, l2_lip * math.sqrt(x[0].numel()))
+        if norm == 2:  # the intervals only decide which ReLUs are stable: no gradient needed through them
+            with torch.no_grad():
+                lows, ups, _ = self.intervals(x, eps, norm, [n.detach() for n in norms])
+            logits = self.model(x * self.scale + self.shift)
+            value = (rows * logits[:, None]).sum(-1)
+            best = value - eps[:, None] * lip
+            nonlin = [i for i, (k, *_) in enumerate(self.ops) if k in ("relu", "maxpool")]
+            stop = 0 if depth is None or depth >= len(nonlin) else nonlin[len(nonlin) - depth]
+            best = torch.maximum(best, value - eps[:, None] * self._split(rows, lows, ups, norms, stop))
+            best = torch.maximum(best, value + self._ball(rows, lows, ups, norms, x, eps, stop))
+            return logits, self._scatter(best, y)
         lows, ups, cents = self.intervals(x, eps, norm, norms, tighten=bound == "local")
         logits = cents[-1]
         value = (rows * logits[:, None]).sum(-1)
@@ -288,13 +297,7 @@ class CertifiedMargins:
         t = self.tail
         mid, rad = (ups[t] + lows[t]) / 2 - cents[t], (ups[t] - lows[t]) / 2
         best = torch.maximum(best, value + _dot(a_t, mid) - _dot(a_t.abs(), rad))  # IBP, last layer elided
-        if bound == "global":
-            return logits, self._scatter(best, y)
-        if norm == 2:
-            stop = 0 if full_depth else self.dense_start
-            best = torch.maximum(best, value - eps[:, None] * self._split(rows, lows, ups, norms, stop))
-            best = torch.maximum(best, value + self._ball(rows, lows, ups, norms, x, eps, stop))
-        elif crown:
+        if bound == "local" and crown:
             best = torch.maximum(best, self._crown(rows, lows, ups, x, eps))
         return logits, self._scatter(best, y)
 
