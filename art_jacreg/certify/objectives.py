@@ -5,16 +5,20 @@ Flatten; Dropout and Identity skipped) with ART-style ``(mean, std)`` preprocess
 ``y``, lower bounds ``low_j`` of the margins ``m_j = f_y - f_j`` over ``B_p(x, eps) ∩ box`` that the weights can be
 trained through. The worst-case logits ``z_j = f_y - low_j`` (``z_y = f_y``) feed :func:`certified_cross_entropy`.
 
-* ``bound="global"`` (GloRo, Leino et al. 2021): ``low_j = m_j(x) - eps ||a_j||_2 prod_l ||W_l||_2`` with ``a_j`` the
-  margin row pulled back through the final affine block, the layer norms from power iteration with persistent
-  vectors (updated on every call, detached; the norm ``||W u||`` differentiable). l-inf uses ``sqrt(d)`` times it.
-* ``bound="local"``: the bounds ``certify(method="interval")`` computes, made differentiable: interval bounds
-  tightened by deviation bounds ``h_i(x) ± delta rho_i`` (as :func:`~art_jacreg.certify.intervals.interval_bounds`),
-  then for ``p = 2`` the relaxation of the final affine block and the split interval-Jacobian bounds
-  ``||(|c_i| + r_i)||_2 L_{0..i} eps`` at every layer boundary down to ``split_depth`` operations from the output;
-  for ``p = inf`` the linear relaxation of the whole network on those intervals (CROWN-IBP) when ``crown=True``,
-  else the interval bound on the margins (IBP with the last layer elided). Every family is sound given upper
-  bounds on the layer norms; the largest is kept.
+* ``bound="global"`` (GloRo, Leino et al. 2021), l2: ``low_j = m_j(x) - eps ||a_j||_2 prod_l ||W_l||_2`` with ``a_j``
+  the margin row pulled back through the final affine block, the layer norms from power iteration with persistent
+  vectors (updated on every call, detached; the norm ``||W u||`` differentiable).
+* ``bound="local"``: the bounds ``certify(method="interval")`` computes, made differentiable. ``p = 2``: interval
+  bounds tightened by deviation bounds ``h_i(x) ± delta rho_i`` (as
+  :func:`~art_jacreg.certify.intervals.interval_bounds`, computed without gradient: they only decide which ReLUs are
+  stable on the ball) give the split interval-Jacobian bound ``||(|c_i| + r_i)||_2 L_{0..i} eps`` and the
+  centre-and-ball bound (exact rows with midpoint slopes on undecided ReLUs, as
+  :func:`~art_jacreg.certify.local_jacobian.local_deviation_lower`), pulled back through the last ``depth``
+  ReLU/MaxPool layers and finished by the layer norms below. ``p = inf``: the same intervals with gradient, the
+  margins bounded with the last layer elided (IBP) or, with ``crown=True``, by the linear relaxation of the whole
+  network (CROWN-IBP, what the certifier uses). Every family is sound given upper bounds on the layer norms; the
+  largest is kept, and the global bound too.
+* l-inf ``bound="global"`` is plain IBP (Gowal et al. 2018): intervals without the deviation tightening.
 
 Training estimates are never certificates: power iteration under-estimates norms slightly and the bounds run in the
 model's dtype. The certificates users see come from :func:`~art_jacreg.certify.certified_radius`.
