@@ -13,7 +13,8 @@ seconds per epoch and its ratio to plain cross-entropy training with the same lo
 Usage: ``python benchmarks/bench_certified_training.py [--quick] [--runs global:2:0.3,local:2:0.3,...]``; a run is
 ``bound:norm:eps[:key=value...]`` with keys ``variant`` (``ce`` / ``bottom``), ``kappa`` (final clean-loss weight),
 ``ramp`` (fraction of the steps over which eps grows from 0), ``train_eps`` (multiplier of the training eps),
-``epochs``, ``crown`` (l-inf local: 1 for CROWN-IBP), ``depth`` (l2 local: ReLU layers the local Jacobian rows pass, -1 for all).
+``epochs``, ``crown`` (l-inf local: 1 for CROWN-IBP), ``depth`` (l2 local: ReLU layers the local Jacobian rows
+pass, -1 for all).
 """
 
 from __future__ import annotations
@@ -91,7 +92,13 @@ def train(run: dict | None, x: np.ndarray, y: np.ndarray, epochs: int, seed: int
                 eps = run["eps"] * run["train_eps"] * ramp
                 kappa = 1.0 - (1.0 - run["kappa"]) * ramp if run["norm"] == math.inf else run["kappa"]
                 logits, low = margins.margin_lower(
-                    xb, yb, eps, run["norm"], run["bound"], depth=None if run["depth"] < 0 else int(run["depth"]), crown=bool(run["crown"])
+                    xb,
+                    yb,
+                    eps,
+                    run["norm"],
+                    run["bound"],
+                    depth=None if run["depth"] < 0 else int(run["depth"]),
+                    crown=bool(run["crown"]),
                 )
                 loss = certified_cross_entropy(logits, low, yb, kappa, run["variant"])
             opt.zero_grad()

@@ -47,7 +47,7 @@ def data(seed: int, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     return x, (x.flatten(1) @ rule).argmax(1)
 
 
-def certifiably_trained(bound: str, norm: float, eps: float, crown: bool) -> nn.Sequential:
+def certifiably_trained(bound: str, norm: float, eps: float, extra: object) -> nn.Sequential:
     """``tiny_cnn`` after 100 Adam steps on its own certified loss: its bounds are tight enough that halving the
     deviation term puts some of them above the attacked margins (on a random network they are 3 to 20 times loose)."""
     model = tiny_cnn(0)
@@ -55,7 +55,7 @@ def certifiably_trained(bound: str, norm: float, eps: float, crown: bool) -> nn.
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     xt, yt = data(7, n=64)
     for _ in range(100):
-        logits, low = cm.margin_lower(xt, yt, eps, norm, bound, crown=crown)
+        logits, low = cm.margin_lower(xt, yt, eps, norm, bound, **_options(norm, extra))
         loss = certified_cross_entropy(logits, low, yt, kappa=0.5)
         opt.zero_grad()
         loss.backward()
@@ -88,7 +88,9 @@ def attacked_min_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps
             noise = noise / noise.flatten(2).norm(dim=2)[..., None, None, None] * eps
         else:
             noise = noise.sign() * eps
-        pts = project(x.expand(50, *x.shape).reshape(-1, *x.shape[1:]), (x + noise).reshape(-1, *x.shape[1:]), eps, norm)
+        pts = project(
+            x.expand(50, *x.shape).reshape(-1, *x.shape[1:]), (x + noise).reshape(-1, *x.shape[1:]), eps, norm
+        )
         m = margins_at(model, pts, y.repeat(50)).reshape(50, *best.shape).amin(0)
         best = torch.minimum(best, m.detach())
     for j in range(best.shape[1]):
@@ -109,31 +111,36 @@ def attacked_min_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps
     return best
 
 
-CASES = [
-    ("global", 2.0, 0.15, False),
-    ("local", 2.0, 0.15, False),
-    ("local", 2.0, 0.6, False),
+CASES = [  # bound, norm, eps, crown (l-inf) or depth (l2)
+    ("global", 2.0, 0.15, 1),
+    ("local", 2.0, 0.15, 1),
+    ("local", 2.0, 0.6, 1),
+    ("local", 2.0, 0.3, None),
     ("global", math.inf, 0.03, False),
     ("local", math.inf, 0.03, False),
     ("local", math.inf, 0.03, True),
 ]
 
 
-def _bounds(model, x, y, bound, norm, eps, crown):
+def _options(norm: float, extra: object) -> dict:
+    return {"crown": bool(extra)} if norm == math.inf else {"depth": extra}
+
+
+def _bounds(model, x, y, bound, norm, eps, extra):
     cm = CertifiedMargins(model, (1, 8, 8), PRE, (0.0, 1.0))
     with torch.no_grad():
-        logits, low = cm.margin_lower(x, y, eps, norm, bound, n_iter=300, crown=crown)
+        logits, low = cm.margin_lower(x, y, eps, norm, bound, n_iter=300, **_options(norm, extra))
     return logits, low
 
 
-@pytest.mark.parametrize("bound,norm,eps,crown", CASES)
-def test_bounds_below_attacked_margins_and_halved_bound_caught(bound, norm, eps, crown):
+@pytest.mark.parametrize("bound,norm,eps,extra", CASES)
+def test_bounds_below_attacked_margins_and_halved_bound_caught(bound, norm, eps, extra):
     x, y = data(0)
     untrained = tiny_cnn(0)
-    _, low = _bounds(untrained, x, y, bound, norm, eps, crown)
+    _, low = _bounds(untrained, x, y, bound, norm, eps, extra)
     assert (low <= attacked_min_margins(untrained, x, y, eps, norm) + 1e-4).all()
-    model = certifiably_trained(bound, norm, eps, crown)
-    logits, low = _bounds(model, x, y, bound, norm, eps, crown)
+    model = certifiably_trained(bound, norm, eps, extra)
+    logits, low = _bounds(model, x, y, bound, norm, eps, extra)
     value = logits.gather(1, y[:, None]) - logits
     assert torch.allclose(value, margins_at(model, x, y), atol=1e-5)
     found = attacked_min_margins(model, x, y, eps, norm)
@@ -147,7 +154,7 @@ def test_maxpool_model_bounds_are_sound():
     model = tiny_pool(1)
     x, y = data(1)
     for bound in ("global", "local"):
-        logits, low = _bounds(model, x, y, bound, 2.0, 0.3, False)
+        logits, low = _bounds(model, x, y, bound, 2.0, 0.3, None)
         found = attacked_min_margins(model, x, y, 0.3, 2.0)
         assert (low <= found + 1e-4).all()
 
@@ -157,13 +164,13 @@ def test_global_constant_bounds_brute_force_jacobian():
     model = tiny_cnn(2)
     x, y = data(2, n=3)
     eps = 0.2
-    logits, low = _bounds(model, x, y, "global", 2.0, eps, False)
+    logits, low = _bounds(model, x, y, "global", 2.0, eps, 1)
     lip = (logits.gather(1, y[:, None]) - logits - low) / eps
     gen = torch.Generator().manual_seed(3)
     for b in range(x.shape[0]):
         for _ in range(20):
             xp = (x[b : b + 1] + 0.3 * torch.randn(x[b : b + 1].shape, generator=gen)).clamp(0, 1)
-            jac = torch.autograd.functional.jacobian(lambda v: margins_at(model, v, y[b : b + 1])[0], xp)
+            jac = torch.autograd.functional.jacobian(lambda v, yb=y[b : b + 1]: margins_at(model, v, yb)[0], xp)
             norms = jac.reshape(jac.shape[0], -1).norm(dim=1)
             assert (norms <= lip[b] * (1 + 1e-5) + 1e-6).all()
 
@@ -174,12 +181,14 @@ def test_power_iteration_converges_to_exact_spectral_norm():
     norms = cm.layer_norms(2.0, n_iter=500)
     for i, (kind, mod, inp, _) in enumerate(cm.ops):
         if kind == "conv":
-            mat = torch.autograd.functional.jacobian(lambda v: nn.functional.conv2d(
-                v, mod.weight, None, mod.stride, mod.padding), torch.zeros((1, *inp)))
+            mat = torch.autograd.functional.jacobian(
+                lambda v, m=mod: nn.functional.conv2d(v, m.weight, None, m.stride, m.padding), torch.zeros((1, *inp))
+            )
             exact = torch.linalg.matrix_norm(mat.reshape(-1, math.prod(inp)), ord=2)
-            assert float(norms[i]) == pytest.approx(float(exact), rel=1e-4)
+            assert float(norms[i].detach()) == pytest.approx(float(exact), rel=1e-4)
         elif kind == "linear":
-            assert float(norms[i]) == pytest.approx(float(torch.linalg.matrix_norm(mod.weight, ord=2)), rel=1e-4)
+            exact = torch.linalg.matrix_norm(mod.weight.detach(), ord=2)
+            assert float(norms[i].detach()) == pytest.approx(float(exact), rel=1e-4)
 
 
 @pytest.mark.parametrize("bound,norm", [("global", 2.0), ("local", 2.0), ("global", math.inf), ("local", math.inf)])
