@@ -15,6 +15,11 @@ Usage: ``python benchmarks/bench_certified_training.py [--quick] [--runs global:
 ``ramp`` (fraction of the steps over which eps grows from 0), ``train_eps`` (multiplier of the training eps),
 ``epochs``, ``crown`` (l-inf local: 1 for CROWN-IBP), ``depth`` (l2 local: ReLU layers the local Jacobian rows
 pass, -1 for all).
+
+Measured 2026-12-02 (default runs, 4,000 / 1,000 digits, 40 epochs, on a 2-core machine shared with other jobs, so the
+seconds are noisy; ratios are to the plain run of the same process): l2 eps 0.3 global 0.971 / 0.847 (1.4x), local
+0.972 / 0.846 (2.9x); l2 eps 1.0 global 0.841 / 0.462, local 0.831 / 0.420 (3.9x); l-inf eps 0.1 IBP ("global")
+0.969 / 0.896 (3.9x), deviation-tightened IBP ("local") 0.971 / 0.891 (4.6x) (clean / certified).
 """
 
 from __future__ import annotations
