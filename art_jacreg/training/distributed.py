@@ -19,7 +19,9 @@ of the step and enters the one ``backward()`` that DDP all-reduces (DDP does not
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -36,6 +38,7 @@ __all__ = [
     "rank_generator",
     "agree_on_run",
     "synchronise_generators",
+    "init_from_torchrun",
 ]
 
 
@@ -47,6 +50,32 @@ def process_group() -> tuple[int, int] | None:
     if not (dist.is_available() and dist.is_initialized()):
         return None
     return dist.get_rank(), dist.get_world_size()
+
+
+def init_from_torchrun(timeout_s: float = 1800.0) -> torch.device:
+    """Join the process group that ``torchrun`` describes in the environment (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): NCCL on ``cuda:LOCAL_RANK`` (made the current device) when CUDA
+    is available, else gloo on the CPU. Nothing is done when a group is already initialised.
+
+    :param timeout_s: Seconds a collective may wait for the other ranks before failing (so a crashed rank stops the
+        others instead of leaving them waiting).
+    :return: The device this rank trains on.
+    :raises RuntimeError: If the environment lacks torchrun's variables.
+    """
+    missing = [name for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing and not dist.is_initialized():
+        raise RuntimeError(
+            f"Distributed training needs torchrun's environment ({', '.join(missing)} not set); start the command "
+            "with `torchrun --nproc_per_node N ...`."
+        )
+    device = torch.device("cpu")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return device
 
 
 def shard_indices(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:
