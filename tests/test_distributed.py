@@ -141,3 +141,22 @@ def test_an_error_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
     assert procs[0].returncode != 0, logs  # rank 0 did not finish training alone, nor hang
     assert not (tmp_path / "rank0.pt").exists()
     assert elapsed < 150.0
+
+
+def test_the_cli_trains_under_torchrun_and_checkpoints(tmp_path: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    train = ["-m", "art_jacreg.cli", "train", "--epochs", "1", "--n-train", "128", "--batch-size", "32", "--quiet"]
+    files = ["--out", str(tmp_path / "model.pt"), "--checkpoint", str(tmp_path / "run.ckpt")]
+    done = subprocess.run([*torchrun, *train, *files, "--distributed"], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("saved state_dict") == 1  # rank 0 only
+    payload = torch.load(tmp_path / "run.ckpt", weights_only=True)
+    assert payload["epoch"] == 1 and payload["identity"]["world_size"] == 2
+    assert len(payload["random"]) == 2  # the random states of both ranks
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in payload["model"].items())
+    refused = subprocess.run([*torchrun, *train, *files], env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "add --distributed" in refused.stderr
