@@ -38,17 +38,17 @@ Generator = np.random.Generator | torch.Generator
 
 
 def check_checkpoint_path(path: Any, name: str = "checkpoint") -> Path:
-    """Validate a checkpoint path: a ``str`` or ``os.PathLike`` naming a file in a writable folder.
+    """Validate a checkpoint path argument: a non-empty ``str`` or ``os.PathLike`` (its folder is checked by
+    :class:`CheckpointHooks`, on rank 0 only under ``torch.distributed``).
 
     :param path: The argument.
     :param name: Its name in messages.
     :return: The path.
     :raises TypeError: If it is not a path.
-    :raises ValueError: If it is a directory or its folder does not exist or is not writable.
     """
     if not isinstance(path, (str, os.PathLike)) or str(path) == "":
         raise TypeError(f"`{name}` must be None or a file path (str or os.PathLike), got {path!r}.")
-    return check_output_file(path, f"`{name}`")
+    return Path(path)
 
 
 def _generator_state(gen: Generator) -> Any:
@@ -102,6 +102,7 @@ class CheckpointHooks(LoopHooks):
     :param settings: Settings of the run that a resumed run must share (trainer parameters, batch size, data size):
         plain values compared for equality.
     :param log: Logger of the run.
+    :raises ValueError: On every rank, if rank 0 cannot write the file (a directory, a missing or read-only folder).
     """
 
     def __init__(
@@ -124,6 +125,15 @@ class CheckpointHooks(LoopHooks):
         self.log = log if log is not None else logging.getLogger(__name__)
         self.is_main = inner.is_main
         self.world_size = int(getattr(inner, "world_size", 1))
+        problem = None
+        if self.is_main:  # only rank 0 writes; the others need not see the folder (other nodes)
+            try:
+                check_output_file(self.path, "`checkpoint`")
+            except ValueError as err:
+                problem = str(err)
+        problem = inner.broadcast(problem)  # every rank raises together instead of waiting for rank 0
+        if problem is not None:
+            raise ValueError(problem)
         self.identity = {
             "parameters": {name: list(t.shape) for name, t in model.state_dict().items()},
             "optimizer": type(optimizer).__name__,
