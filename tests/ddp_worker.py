@@ -75,7 +75,47 @@ def train_scenario(out_dir: Path, rank: int) -> dict:
     straight.fit(x, y, batch_size=32, nb_epochs=3)
     result["resumed"], result["straight"] = weights(resumed), weights(straight)
     result["resumed_epochs"] = [h["epoch"] for h in resumed.history]
+    result.update(nonfinite_on_one_rank(rank))
     return result
+
+
+def nonfinite_on_one_rank(rank: int) -> dict:
+    """Rank 1's loss becomes NaN at its third step while its gradients stay finite: every rank must roll back."""
+    from art_jacreg.training import objectives
+
+    original = objectives.JacobianRegularizedObjective.__call__
+    calls = {"n": 0}
+
+    def nan_loss(self, forward, x, y):
+        out = original(self, forward, x, y)
+        calls["n"] += 1
+        if rank == 1 and calls["n"] == 3:
+            out = out._replace(loss=out.loss + torch.tensor(float("nan")))  # a constant: the gradients are unchanged
+        return out
+
+    x, y = data()
+    trainer = make_trainer()
+    before = {}
+    original_step = torch.optim.SGD.step
+
+    def remember_then_step(self, *args, **kwargs):
+        if calls["n"] == 3:
+            before.update(weights(trainer))
+        return original_step(self, *args, **kwargs)
+
+    objectives.JacobianRegularizedObjective.__call__ = nan_loss
+    torch.optim.SGD.step = remember_then_step
+    try:
+        trainer.fit(x, y, batch_size=32, nb_epochs=1)
+        message = None
+    except FloatingPointError as err:
+        message = str(err)
+    finally:
+        objectives.JacobianRegularizedObjective.__call__ = original
+        torch.optim.SGD.step = original_step
+    after = weights(trainer)
+    return {"nonfinite_message": message, "rolled_back": all(torch.equal(before[k], after[k]) for k in before),
+            "nonfinite_weights": after}  # fmt: skip
 
 
 def raise_scenario(out_dir: Path, rank: int) -> dict:

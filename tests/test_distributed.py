@@ -132,6 +132,15 @@ def test_a_resumed_distributed_run_is_bit_identical(ddp_run: list[dict]) -> None
             assert torch.equal(value, ddp_run[rank]["straight"][name]), name
 
 
+def test_a_nonfinite_step_on_one_rank_rolls_back_every_rank(ddp_run: list[dict]) -> None:
+    assert "Another process had a non-finite" in ddp_run[0]["nonfinite_message"]
+    assert "Non-finite training loss" in ddp_run[1]["nonfinite_message"]
+    for rank in range(2):
+        assert ddp_run[rank]["rolled_back"]  # the weights before the bad step, on both ranks
+    for name, value in ddp_run[0]["nonfinite_weights"].items():
+        assert torch.equal(value, ddp_run[1]["nonfinite_weights"][name]), name
+
+
 def test_an_error_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
     start = time.monotonic()
     procs = _launch("raise", tmp_path, limit=150.0)
