@@ -21,9 +21,16 @@ from art_jacreg.certify import (
 )
 from art_jacreg.certify._common import input_set, margin_rows
 from art_jacreg.certify.intervals import interval_bounds, linear_bounds
-from art_jacreg.certify.lipschitz import _conv_circular_bound, _explicit_matrix
 from art_jacreg.certify.local_jacobian import jacobian_interval
 from art_jacreg.certify.ops import Conv2d, Linear, MaxPool2d
+
+# The operations own these rules now; the same (op, in_scale) call signature as the former lipschitz helpers.
+_conv_circular_bound = Conv2d.circular_spectral_bound
+
+
+def _explicit_matrix(op, in_scale):
+    return op.explicit_matrix(in_scale)
+
 
 REL = 1e-9  # float64 tolerance of the bound computations themselves
 

@@ -153,3 +153,22 @@ def test_bad_arguments():
         build_network(model, (1, 28, 28), preprocessing=(0.1, 0.0))
     with pytest.raises(ValueError, match="broadcast"):
         build_network(model, (1, 28, 28), preprocessing=(np.zeros(5), 1.0))
+
+
+class _Concat(nn.Module):
+    """Two branches joined by torch.cat: the error must name the join, not a branch's Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(torch.cat([self.a(x), self.b(x)], dim=1)))
+
+
+def test_concatenation_is_named_as_the_unsupported_operation():
+    with pytest.raises(UnsupportedOperationError) as info:
+        build_network(_Concat(), (4,))
+    message = str(info.value)
+    assert "torch.cat" in message and "'cat'" in message and "combines 2 tensors" in message
+    assert "Linear" not in message

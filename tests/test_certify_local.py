@@ -16,10 +16,11 @@ from torch import nn
 
 from art_jacreg.certify import build_network, certified_radius
 from art_jacreg.certify._common import input_set, margin_rows
-from art_jacreg.certify.intervals import _ibp_step, backward_lower, interval_bounds, relu_relaxation
+from art_jacreg.certify.intervals import _ibp_step, backward_lower, interval_bounds
 from art_jacreg.certify.lipschitz import segment_lipschitz
 from art_jacreg.certify.local_jacobian import _ball_step, _dual, local_deviation_lower, pull_back
 from art_jacreg.certify.ops import AffineOp, MaxPool2d
+from art_jacreg.certify.ops.relu import relu_relaxation
 from art_jacreg.certify.patches import patch_lower, patch_supported
 from art_jacreg.certify.radius import functional_lower_bounds
 

@@ -12,16 +12,14 @@ Two methods, both returning a :class:`Bounds` with lower/upper bounds on ``h_0, 
   IBP, so they are never looser than :func:`interval_bounds`. The linear bounds are concretised over the input set
   with the box (``a·c - |a|·r``) and, for ``p = 2``, also with the ball (``a·x - eps ||a||_2``), taking the tighter.
 
-ReLU relaxation: ``alpha z <= relu(z) <= u (z - l) / (u - l)`` on an unstable neuron with ``alpha = 1`` if
-``u > -l`` else ``0``. MaxPool relaxation: exact when one input of the window provably dominates; otherwise
-``max >= z_i`` (``i`` with the largest lower bound) and ``max <= max_i u_i``.
-
-:func:`backward_lower` is the shared engine: the lower bound of ``A · h_end`` given bounds on the earlier layers.
+The interval step and the linear relaxation are the operations' own rules (:meth:`~.ops.base.Op.interval`,
+:meth:`~.ops.base.Op.relax_backward`, e.g. :func:`~.ops.relu.relu_relaxation`); this module only iterates.
+:func:`backward_lower` is the shared engine: the lower bound of ``A · h_end`` given bounds on the earlier layers;
+rows of convolutional prefixes go through :mod:`.patches` instead (same numbers, less arithmetic).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
@@ -29,12 +27,13 @@ import torch
 
 from art_jacreg.certify._common import InputSet, box_deviation
 from art_jacreg.certify.lipschitz import segment_lipschitz
-from art_jacreg.certify.ops import Affine, AffineOp, MaxPool2d, Op, PiecewiseLinearNetwork, ReLU, Reshape
+from art_jacreg.certify.network import PiecewiseLinearNetwork
+from art_jacreg.certify.ops.base import Op, weighted_sum
+from art_jacreg.certify.ops.maxpool import maxpool_windows  # noqa: F401 - importable from here, as before
+from art_jacreg.certify.ops.relu import relu_relaxation  # noqa: F401 - importable from here, as before
 from art_jacreg.certify.patches import patch_elements, patch_lower, patch_supported
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["Bounds", "interval_bounds", "linear_bounds", "backward_lower", "maxpool_windows"]
+__all__ = ["Bounds", "interval_bounds", "linear_bounds", "backward_lower"]
 
 _CHUNK_ELEMENTS = 1 << 22  # elements of one (B, rows, features) block in the backward pass (32 MB in float64)
 
@@ -52,11 +51,8 @@ class Bounds:
 
 
 def _ibp_step(op: Op, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Interval image of ``[lo, hi]`` under one operation."""
-    if isinstance(op, AffineOp):
-        c, r = op.forward((hi + lo) / 2), op.abs_lin((hi - lo) / 2)
-        return c - r, c + r
-    return op.forward(lo), op.forward(hi)  # ReLU and MaxPool are monotone
+    """Interval image of ``[lo, hi]`` under one operation (its own rule, :meth:`~.ops.base.Op.interval`)."""
+    return op.interval(lo, hi)
 
 
 def interval_bounds(net: PiecewiseLinearNetwork, s: InputSet) -> Bounds:
@@ -82,17 +78,13 @@ def interval_bounds(net: PiecewiseLinearNetwork, s: InputSet) -> Bounds:
     delta, anchor = s.deviation(s.norm), 0
     rho, elementwise = torch.ones(net.input_shape, dtype=s.x.dtype), True
     for i, op in enumerate(net.ops):
-        lo, hi = _ibp_step(op, lo, hi)
+        lo, hi = op.interval(lo, hi)
         centre = op.forward(centre)
-        if isinstance(op, AffineOp):
-            if elementwise and s.norm == 2 and not isinstance(op, (Affine, Reshape)):
-                rho, elementwise = op.sq_lin(rho.square()[None])[0].sqrt(), False  # exact row norms of A diag(rho)
-            else:
-                rho = op.abs_lin(rho[None])[0]  # exact for l1 rows and element-wise maps, else the triangle bound
-                elementwise = elementwise and isinstance(op, (Affine, Reshape))
+        if op.affine:  # still inside the affine block that started at `anchor`
+            rho, elementwise = op.deviation_rows(rho, elementwise, s.norm)
             e = delta.reshape(-1, *([1] * rho.ndim)) * rho
             lo, hi = torch.maximum(lo, centre - e), torch.minimum(hi, centre + e)
-        else:
+        else:  # the block ends: carry the deviation over to the output of this operation
             box = box_deviation(centre, lo, hi, s.norm)
             delta = torch.minimum(delta * segment_lipschitz(net, anchor, i + 1, s.norm), box)
             anchor, rho, elementwise = i + 1, torch.ones(op.out_shape, dtype=s.x.dtype), True
@@ -101,52 +93,9 @@ def interval_bounds(net: PiecewiseLinearNetwork, s: InputSet) -> Bounds:
     return Bounds(lows, ups)
 
 
-def relu_relaxation(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Linear relaxation of ReLU on ``[lo, hi]``.
-
-    :param lo: Lower bounds of the pre-activation.
-    :param hi: Upper bounds.
-    :return: ``(lower_slope, upper_slope, upper_intercept)`` with
-        ``lower_slope z <= relu(z) <= upper_slope z + upper_intercept`` on ``[lo, hi]``.
-    """
-    # With u = max(hi, 0) and l = min(lo, 0) the three cases (active, inactive, unstable) share one formula.
-    u, neg_l = hi.clamp(min=0), (-lo).clamp(min=0)
-    up_slope = u / (u + neg_l).clamp(min=torch.finfo(lo.dtype).tiny)
-    return (u > neg_l).to(lo.dtype), up_slope, up_slope * neg_l
-
-
-def maxpool_windows(
-    op: MaxPool2d, lo: torch.Tensor, hi: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Which inputs of each pooling window can be the maximum, given input bounds.
-
-    :param op: The pooling operation.
-    :param lo: Lower bounds of its input ``(B, C, H, W)``.
-    :param hi: Upper bounds.
-    :return: ``(best, possible, dominated, upper_max)``: ``best`` ``(B, C, L)`` window index of the input with the
-        largest lower bound; ``possible`` ``(B, C, k, L)`` inputs whose upper bound reaches that lower bound (the only
-        ones that can be the maximum); ``dominated`` ``(B, C, L)`` windows with a single possible input; ``upper_max``
-        ``(B, C, L)`` the largest upper bound (an upper bound of the output).
-    """
-    lw, uw = op.windows(lo), op.windows(hi)
-    lstar, best = lw.max(dim=2)
-    possible = uw >= lstar[:, :, None]
-    dominated = possible.sum(dim=2) == 1
-    return best, possible, dominated, uw.max(dim=2).values
-
-
 def _concretize(a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """Lower bound of ``a · h + const`` over the box ``[lo, hi]``; ``a`` is ``(B, M, *shape)``."""
-    return const + _weighted_sum(a, (hi + lo) / 2) - _weighted_sum(a.abs(), (hi - lo) / 2)
-
-
-def _weighted_sum(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``sum_features a * w`` for ``a`` ``(B or 1, M, *shape)`` and ``w`` ``(B, *shape)`` or ``(B, 1, *shape)``."""
-    w = w.reshape(w.shape[0], -1, 1)
-    a = a.reshape(a.shape[0], a.shape[1], -1)
-    if a.shape[0] != w.shape[0]:
-        a = a.expand(w.shape[0], *a.shape[1:])
-    return torch.bmm(a, w)[:, :, 0]
+    return const + weighted_sum(a, (hi + lo) / 2) - weighted_sum(a.abs(), (hi - lo) / 2)
 
 
 def backward_lower(
@@ -170,37 +119,12 @@ def backward_lower(
     """
     const = torch.zeros(a.shape[:2], dtype=a.dtype)
     for i in range(end - 1, start - 1, -1):
-        op = net.ops[i]
-        b, m = a.shape[:2]
-        if isinstance(op, AffineOp):
-            const = const + (a * op.offset).flatten(2).sum(-1)
-            a = op.lin_t(a.reshape(b * m, *op.out_shape)).reshape(b, m, *op.in_shape)
-            continue
-        lo, hi = bounds.lower[i][:, None], bounds.upper[i][:, None]
-        a = a.expand(lo.shape[0], *a.shape[1:])
-        neg = a.clamp(max=0)
-        if isinstance(op, ReLU):
-            low_slope, up_slope, up_icpt = relu_relaxation(lo, hi)
-            const = const + _weighted_sum(neg, up_icpt)
-            a = torch.addcmul(a * low_slope, neg, up_slope - low_slope)
-        elif isinstance(op, MaxPool2d):
-            pos = a - neg
-            best, _, dominated, upper_max = maxpool_windows(op, bounds.lower[i], bounds.upper[i])
-            nb, c, k, n_out = best.shape[0], op.in_shape[0], op.kernel_size[0] * op.kernel_size[1], best.shape[-1]
-            pos, neg = pos.reshape(-1, m, c, n_out), neg.reshape(-1, m, c, n_out)
-            dom = dominated[:, None].to(a.dtype)
-            const = const + (neg * (1 - dom) * upper_max[:, None]).flatten(2).sum(-1)
-            sel = pos + neg * dom
-            cols = torch.zeros(nb, m, c, k, n_out, dtype=a.dtype)
-            cols.scatter_(3, best[:, None, :, None, :].expand(nb, m, c, 1, n_out), sel[:, :, :, None, :])
-            a = op.fold(cols.reshape(nb * m, c, k, n_out)).reshape(nb, m, *op.in_shape)
-        else:  # pragma: no cover - build_network only produces the operations above
-            raise TypeError(f"no relaxation for {op!r}")
+        a, const = net.ops[i].relax_backward(a, const, bounds.lower[i], bounds.upper[i])
     if start > 0:
         return _concretize(a, const, bounds.lower[start], bounds.upper[start])
     low = _concretize(a, const, s.lo, s.hi)
     if s.norm == 2:
-        ball = const + _weighted_sum(a, s.x) - s.eps[:, None] * a.flatten(2).norm(dim=-1)
+        ball = const + weighted_sum(a, s.x) - s.eps[:, None] * a.flatten(2).norm(dim=-1)
         low = torch.maximum(low, ball)
     return low
 
@@ -216,10 +140,7 @@ def _crown_layer(
     shape = tuple(lo.shape[1:])
     b, n = lo.shape[0], math.prod(shape)
     lo, hi = lo.reshape(b, n).clone(), hi.reshape(b, n).clone()
-    if end < len(net.ops) and isinstance(net.ops[end], ReLU):
-        need = (lo < 0) & (hi > 0)
-    else:
-        need = torch.ones_like(lo, dtype=torch.bool)
+    need = net.ops[end].units_to_tighten(lo, hi) if end < len(net.ops) else torch.ones_like(lo, dtype=torch.bool)
     n_rows = int(need.sum(1).max())
     if n_rows == 0:
         return lo.reshape(b, *shape), hi.reshape(b, *shape)
@@ -256,14 +177,14 @@ def linear_bounds(net: PiecewiseLinearNetwork, s: InputSet, ibp: Bounds | None =
     # Linear/Conv from the input): otherwise interval propagation is already exact for it.
     mixing, relaxed_before = 0, False
     for i, op in enumerate(net.ops):
-        if not isinstance(op, AffineOp):
+        if not op.affine:
             if (relaxed_before and mixing > 0) or mixing > 1:
                 lo, hi = _crown_layer(net, s, Bounds(lows, ups), i, lo, hi)
             lows[i], ups[i] = lo, hi
             relaxed_before, mixing = True, 0
-        elif not isinstance(op, (Affine, Reshape)):
+        elif op.mixes:
             mixing += 1
-        lo, hi = _ibp_step(op, lo, hi)
+        lo, hi = op.interval(lo, hi)
         lo, hi = torch.maximum(lo, ibp.lower[i + 1]), torch.minimum(hi, ibp.upper[i + 1])
         lows.append(lo)
         ups.append(hi)

@@ -1,14 +1,15 @@
 """Global Lipschitz constants from *upper* bounds on layer operator norms (THEORY.md section 2, way 1).
 
-Never a power-iteration estimate (that is a lower bound of the largest singular value). l2: the exact largest
-singular value of the explicit operator matrix of a Linear/Conv layer (float64 eigenvalues of its smaller Gram
-matrix, inflated by a relative ``1e-9`` for rounding) when the matrix is small (:data:`EXPLICIT_LIMIT`,
-:data:`EXPLICIT_MIN_SIDE`); for a convolution also the exact norm of a circular convolution containing it (stride
-phases + 2-D DFT, see :func:`_conv_circular_bound`), the smaller of the two; ``sqrt(||A||_1 ||A||_inf)`` (Schur's
-bound) as the last resort. An element-wise affine
-(preprocessing, BatchNorm that could not be folded) is merged into the Linear/Conv after it. ReLU: 1. MaxPool: 1 for
-``inf -> inf``; for l2, ``sqrt(c)`` with ``c`` the largest number of windows one input belongs to (1 when windows
-do not overlap). AvgPool is a (depthwise) convolution and gets its exact norm.
+Each operation owns its bound (:meth:`~art_jacreg.certify.ops.base.Op.operator_norm`); never a power-iteration
+estimate (that is a lower bound of the largest singular value). l2: the exact largest singular value of the explicit
+operator matrix of a Linear/Conv layer (float64 eigenvalues of its smaller Gram matrix, inflated by a relative
+``1e-9`` for rounding) when the matrix is small (:data:`EXPLICIT_LIMIT`, :data:`EXPLICIT_MIN_SIDE`); for a
+convolution also the exact norm of a circular convolution containing it (stride phases + 2-D DFT, see
+:meth:`~art_jacreg.certify.ops.conv.Conv2d.circular_spectral_bound`), the smaller of the two;
+``sqrt(||A||_1 ||A||_inf)`` (Schur's bound) as the last resort. An element-wise affine (preprocessing, BatchNorm that
+could not be folded) is merged into the Linear/Conv after it. ReLU: 1. MaxPool: 1 for ``inf -> inf``; for l2,
+``sqrt(c)`` with ``c`` the largest number of windows one input belongs to (1 when windows do not overlap). AvgPool is
+a (depthwise) convolution and gets its exact norm.
 
 l-inf: ``inf -> inf`` induced norms (maximum absolute row sum, padding included), chained as
 ``||grad m||_1 <= ||row of the last layers||_1 * prod ||W_l||_{inf->inf}``, or through l2 with
@@ -19,15 +20,15 @@ Margins use the composed rows of the last affine layers, ``W_y - W_j``, much tig
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
 
 from art_jacreg.certify._common import check_network, validate_norm
-from art_jacreg.certify.ops import DTYPE, Affine, AffineOp, Conv2d, Linear, MaxPool2d, Op, PiecewiseLinearNetwork
-
-logger = logging.getLogger(__name__)
+from art_jacreg.certify._dtype import DTYPE
+from art_jacreg.certify.network import PiecewiseLinearNetwork
+from art_jacreg.certify.ops.affine import EXPLICIT_LIMIT, EXPLICIT_MIN_SIDE
+from art_jacreg.certify.ops.base import NORM_SLACK as _SLACK
 
 __all__ = [
     "layer_operator_norms",
@@ -39,105 +40,6 @@ __all__ = [
     "EXPLICIT_MIN_SIDE",
 ]
 
-EXPLICIT_LIMIT = 8_000_000  # entries of an explicit operator matrix (64 MB in float64)
-EXPLICIT_MIN_SIDE = 512  # and its smaller side for a Conv, 4x that for a Linear (the eigensolver is cubic in it)
-_SLACK = 1.0 + 1e-9
-
-
-def _explicit_matrix(op: AffineOp, in_scale: torch.Tensor | None) -> torch.Tensor:
-    """The matrix of ``h -> op.lin(in_scale * h)``, shape ``(n_out, n_in)``."""
-    n_in = math.prod(op.in_shape)
-    if isinstance(op, Linear):
-        w = op.weight
-        return w if in_scale is None else w * in_scale.reshape(1, -1)
-    basis = torch.eye(n_in, dtype=DTYPE)
-    if in_scale is not None:
-        basis = basis * in_scale.reshape(1, -1)
-    return op.lin(basis.reshape(n_in, *op.in_shape)).reshape(n_in, -1).T
-
-
-def _spectral_upper(op: AffineOp, in_scale: torch.Tensor | None = None) -> float:
-    """Upper bound on ``||A diag(in_scale)||_2`` for a Linear/Conv ``op``."""
-    n_in, n_out = math.prod(op.in_shape), math.prod(op.out_shape)
-    bound = math.inf
-    if isinstance(op, Conv2d):
-        bound = _conv_circular_bound(op, in_scale)
-    side = EXPLICIT_MIN_SIDE if isinstance(op, Conv2d) else 4 * EXPLICIT_MIN_SIDE
-    if n_in * n_out <= EXPLICIT_LIMIT and min(n_in, n_out) <= side:
-        a = _explicit_matrix(op, in_scale)
-        gram = a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a
-        top = float(torch.linalg.eigvalsh(gram)[-1].clamp(min=0.0))
-        bound = min(bound, math.sqrt(top) * _SLACK)
-    if math.isinf(bound):
-        s = torch.ones(op.in_shape, dtype=DTYPE) if in_scale is None else in_scale.abs()
-        row_sums = op.abs_lin(s[None])[0]  # ||A||_inf = max row sum of |A| diag|s|
-        col_sums = op.abs_lin_t(torch.ones((1, *op.out_shape), dtype=DTYPE))[0] * s  # ||A||_1 = max column sum
-        logger.info("operator of %r too large for an exact SVD; using sqrt(||A||_1 ||A||_inf)", op)
-        bound = math.sqrt(float(row_sums.max()) * float(col_sums.max())) * _SLACK
-    return bound
-
-
-def _conv_circular_bound(op: Conv2d, in_scale: torch.Tensor | None) -> float:
-    """Exact spectral norm of a circular convolution that contains the zero-padded one: an upper bound.
-
-    The zero-padded input lives in ``[0, H + 2p)``; embedded in a circular grid of ``N >= H + 2p`` (a multiple of
-    the stride) no valid output wraps around, so the layer is ``R C E`` with ``E`` an isometric embedding, ``R`` a
-    restriction (norm <= 1) and ``C`` the circular strided convolution. Splitting the input into its ``s_h s_w``
-    stride phases (a permutation) turns ``C`` into a stride-1 circular convolution on an ``N/s`` grid, which the 2-D
-    DFT block-diagonalises: ``||C||_2 = max_w sigma_max(W_hat(w))`` over ``(N/s)^2`` frequencies, each a
-    ``C_out x (C_in s_h s_w)`` matrix. A non-constant input scale enters as its maximum.
-    """
-    co_g, ci_g, kh, kw = op.weight.shape
-    co_g //= op.groups
-    chan_scale, extra = torch.ones(ci_g * op.groups, dtype=DTYPE), 1.0
-    if in_scale is not None:
-        flat = in_scale.reshape(in_scale.shape[0], -1)
-        if in_scale.ndim == 3 and bool((flat == flat[:, :1]).all()):
-            chan_scale = flat[:, 0]
-        else:
-            extra = float(in_scale.abs().max())
-    _, h, wd = op.in_shape
-    (sh, sw), (ph, pw), (dh, dw) = op.stride, op.padding, op.dilation
-    nh, nw = -(-(h + 2 * ph) // sh) * sh, -(-(wd + 2 * pw) // sw) * sw
-    mh, mw = nh // sh, nw // sw
-    best = 0.0
-    for g in range(op.groups):
-        wg = op.weight[g * co_g : (g + 1) * co_g] * chan_scale[g * ci_g : (g + 1) * ci_g].reshape(1, -1, 1, 1)
-        poly = torch.zeros(co_g, ci_g, sh, sw, mh, mw, dtype=DTYPE)
-        for a in range(kh):
-            qa, ta = (dh * a) % sh, (dh * a) // sh
-            for b in range(kw):
-                qb, tb = (dw * b) % sw, (dw * b) // sw
-                poly[:, :, qa, qb, ta % mh, tb % mw] += wg[:, :, a, b]
-        spec = torch.fft.fft2(poly)  # (co, ci, sh, sw, mh, mw)
-        mats = spec.permute(4, 5, 0, 1, 2, 3).reshape(mh * mw, co_g, ci_g * sh * sw)
-        best = max(best, float(torch.linalg.matrix_norm(mats, ord=2).max()))
-    return best * extra * _SLACK
-
-
-def _inf_norm(op: AffineOp, in_scale: torch.Tensor | None = None) -> float:
-    """Exact ``||A diag(in_scale)||_{inf -> inf}`` (maximum absolute row sum)."""
-    s = torch.ones(op.in_shape, dtype=DTYPE) if in_scale is None else in_scale.abs()
-    return float(op.abs_lin(s[None]).max()) * _SLACK
-
-
-def _maxpool_overlap(op: MaxPool2d) -> int:
-    """Largest number of pooling windows one input belongs to."""
-    n_out = math.prod(op.out_shape[1:])
-    k = op.kernel_size[0] * op.kernel_size[1]
-    ones = torch.ones((1, op.in_shape[0], k, n_out), dtype=DTYPE)
-    return int(round(float(op.fold(ones).max())))
-
-
-def _op_norm(op: Op, norm: float, in_scale: torch.Tensor | None = None) -> float:
-    if isinstance(op, (Linear, Conv2d)):
-        return _spectral_upper(op, in_scale) if norm == 2 else _inf_norm(op, in_scale)
-    if isinstance(op, Affine):
-        return float(op.abs_scale.max()) * _SLACK
-    if isinstance(op, MaxPool2d):
-        return math.sqrt(_maxpool_overlap(op)) * _SLACK if norm == 2 else 1.0
-    return 1.0  # ReLU, Reshape
-
 
 def layer_operator_norms(net: PiecewiseLinearNetwork, norm: float | str = 2) -> list[float]:
     """Upper bounds on the operator norm of every operation of ``net`` on its own (one per ``net.ops`` entry).
@@ -148,14 +50,15 @@ def layer_operator_norms(net: PiecewiseLinearNetwork, norm: float | str = 2) -> 
     """
     norm = validate_norm(norm)
     net = check_network(net)
-    return [_op_norm(op, norm) for op in net.ops]
+    return [op.operator_norm(norm) for op in net.ops]
 
 
 def segment_lipschitz(net: PiecewiseLinearNetwork, start: int, stop: int, norm: float) -> float:
     """Upper bound on the Lipschitz constant of ``h_start -> h_stop`` (operations ``start..stop-1``) in ``||.||_p``.
 
     The product of the operations' operator-norm upper bounds, each element-wise affine merged into the Linear/Conv
-    after it (a tighter bound than multiplying the two). Cached on the network per ``(start, stop, norm)``.
+    after it (a tighter bound than multiplying the two). Cached in the network's
+    :attr:`~art_jacreg.certify.network.PiecewiseLinearNetwork.lipschitz_cache` per ``(start, stop, norm)``.
 
     :param net: The network.
     :param start: First layer boundary.
@@ -170,33 +73,26 @@ def segment_lipschitz(net: PiecewiseLinearNetwork, start: int, stop: int, norm: 
             f"`start` and `stop` must be layer boundaries with 0 <= start <= stop <= {len(net.ops)}, "
             f"got start={start!r}, stop={stop!r}."
         )
-    cache = net.__dict__.setdefault("_lipschitz_cache", {})
-    key = (start, stop, norm)
+    cache = net.lipschitz_cache
+    key = ("segment", start, stop, norm)
     if key not in cache:
         total, pending, first = 1.0, None, start
         for i in range(start, stop):
             op = net.ops[i]
-            if isinstance(op, Affine):
-                pending = op.scale if pending is None else pending * op.scale
+            scale = op.elementwise_scale
+            if scale is not None:
+                pending = scale if pending is None else pending * scale
                 continue
-            if pending is not None and not isinstance(op, (Linear, Conv2d)):
+            if pending is not None and not op.absorbs_input_scale:
                 total *= float(pending.abs().max()) * _SLACK
-            merged = pending if isinstance(op, (Linear, Conv2d)) else None
-            total *= _op_norm_cached(net, (first, i, norm), op, norm, merged)
+            op_key = ("op", first, i, norm)  # the operation with the element-wise affines from `first` merged in
+            if op_key not in cache:
+                cache[op_key] = op.operator_norm(norm, pending if op.absorbs_input_scale else None)
+            total *= cache[op_key]
             pending, first = None, i + 1
         if pending is not None:
             total *= float(pending.abs().max()) * _SLACK
         cache[key] = total
-    return cache[key]
-
-
-def _op_norm_cached(
-    net: PiecewiseLinearNetwork, key: tuple, op: Op, norm: float, in_scale: torch.Tensor | None
-) -> float:
-    """:func:`_op_norm` cached on the network under ``key`` = (first merged operation, operation, norm)."""
-    cache = net.__dict__.setdefault("_op_norm_cache", {})
-    if key not in cache:
-        cache[key] = _op_norm(op, norm, in_scale)
     return cache[key]
 
 
@@ -206,7 +102,7 @@ def tail_start(net: PiecewiseLinearNetwork) -> int:
     :param net: The network.
     :return: ``0`` for a purely affine network.
     """
-    idx = [i for i, op in enumerate(net.ops) if not isinstance(op, AffineOp)]
+    idx = [i for i, op in enumerate(net.ops) if not op.affine]
     return idx[-1] + 1 if idx else 0
 
 
@@ -219,8 +115,7 @@ def tail_rows(net: PiecewiseLinearNetwork, rows: torch.Tensor) -> torch.Tensor:
     """
     a = rows
     for op in reversed(net.ops[tail_start(net) :]):
-        b, m = a.shape[:2]
-        a = op.lin_t(a.reshape(b * m, *op.out_shape)).reshape(b, m, *op.in_shape)
+        a = op.rows_t(a)
     return a
 
 

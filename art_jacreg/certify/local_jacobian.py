@@ -5,9 +5,11 @@ the output: through an affine operation ``A`` they become ``c A ± r |A|``; thro
 in ``[l, u]`` the slope is ``1`` (``l >= 0``), ``0`` (``u <= 0``) or anything in ``[0, 1]``, which turns the row
 interval ``[a, b]`` into ``[min(0, a), max(0, b)]``; through a MaxPool window the row goes to the single input that
 provably dominates, or else to any of the inputs that can still be the maximum (the same hull with ``0`` on each).
-Pre-activation bounds come from :mod:`art_jacreg.certify.intervals` and hold on the whole input set, so every
-Jacobian of every point of the set lies in the result, and by ``f(x') - f(x) = int_0^1 J(x + t (x' - x)) (x' - x) dt``
-(the set is convex and contains ``x``) so does every difference quotient.
+These are the operations' own rules (:meth:`~.ops.base.Op.pull_back_interval`, :meth:`~.ops.base.Op.ball_step`);
+this module only iterates over the operations. Pre-activation bounds come from :mod:`art_jacreg.certify.intervals`
+and hold on the whole input set, so every Jacobian of every point of the set lies in the result, and by
+``f(x') - f(x) = int_0^1 J(x + t (x' - x)) (x' - x) dt`` (the set is convex and contains ``x``) so does every
+difference quotient.
 
 Two refinements use the intervals at every layer boundary (:func:`pull_back`), not only at the input:
 :func:`split_bound` multiplies a local bound on the last layers by a global one on the first, and
@@ -19,18 +21,16 @@ Everything is batched: samples and rows travel together through batched convolut
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Iterator
 
 import torch
 
 from art_jacreg.certify._common import InputSet
-from art_jacreg.certify.intervals import Bounds, maxpool_windows
+from art_jacreg.certify.intervals import Bounds
 from art_jacreg.certify.lipschitz import segment_lipschitz
-from art_jacreg.certify.ops import AffineOp, MaxPool2d, PiecewiseLinearNetwork, ReLU
-
-logger = logging.getLogger(__name__)
+from art_jacreg.certify.network import PiecewiseLinearNetwork
+from art_jacreg.certify.ops.base import dual_norm as _dual
 
 __all__ = [
     "pull_back",
@@ -59,27 +59,7 @@ def pull_back(
     c, r = rows, torch.zeros_like(rows)
     yield len(net.ops), c, r
     for i in range(len(net.ops) - 1, -1, -1):
-        op = net.ops[i]
-        b, m = c.shape[:2]
-        if isinstance(op, AffineOp):
-            c = op.lin_t(c.reshape(b * m, *op.out_shape)).reshape(b, m, *op.in_shape)
-            r = op.abs_lin_t(r.reshape(r.shape[0] * m, *op.out_shape)).reshape(r.shape[0], m, *op.in_shape)
-            yield i, c, r
-            continue
-        lo_b, hi_b = bounds.lower[i], bounds.upper[i]
-        nb = lo_b.shape[0]
-        c, r = c.expand(nb, *c.shape[1:]), r.expand(nb, *r.shape[1:])
-        lo, hi = c - r, c + r
-        if isinstance(op, ReLU):
-            active, unstable = (lo_b >= 0)[:, None], ((lo_b < 0) & (hi_b > 0))[:, None]
-            zero = torch.zeros((), dtype=c.dtype)
-            lo = torch.where(active, lo, torch.where(unstable, lo.clamp(max=0), zero))
-            hi = torch.where(active, hi, torch.where(unstable, hi.clamp(min=0), zero))
-        elif isinstance(op, MaxPool2d):
-            lo, hi = _maxpool_rows(op, lo_b, hi_b, lo, hi)
-        else:  # pragma: no cover - build_network only produces the operations above
-            raise TypeError(f"no Jacobian rule for {op!r}")
-        c, r = (hi + lo) / 2, (hi - lo) / 2
+        c, r = net.ops[i].pull_back_interval(c, r, bounds.lower[i], bounds.upper[i])
         yield i, c, r
 
 
@@ -122,48 +102,23 @@ def split_bound(
     for i, c, r in pull_back(net, bounds, rows):
         value = reduce(c, r, i)
         best = value if best is None else torch.minimum(best, value)
+    assert best is not None  # pull_back always yields the output boundary
     return c, r, best
-
-
-def _dual(t: torch.Tensor, norm: float) -> torch.Tensor:
-    """Dual norm (``2`` for ``p = 2``, ``1`` for ``p = inf``) over all but the first two dimensions."""
-    t = t.flatten(2)
-    return t.norm(dim=-1) if norm == 2 else t.abs().sum(-1)
 
 
 def _ball_step(
     net: PiecewiseLinearNetwork, i: int, bounds: Bounds, c: torch.Tensor, rho: torch.Tensor, norm: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pull ``{g : ||g - c||_{p*} <= rho}`` back through operation ``i`` (a set containing every row pulled back).
+    """Pull ``{g : ||g - c||_{p*} <= rho}`` back through operation ``i`` (a set containing every row pulled back):
+    the operation's :meth:`~.ops.base.Op.ball_step` with its own Lipschitz bound.
 
     Affine: ``c A``, ``rho ||A||`` (``||A^T||_{p* -> p*} = ||A||_{p -> p}``). ReLU: the slope of an unstable unit is
     ``1/2 ± 1/2``, so ``c`` takes the midpoint slopes and ``rho`` grows by ``||c_unstable||_{p*} / 2``. MaxPool: a
     dominated window routes ``c`` to its maximum; the others, of unknown routing, move into the ball through the
     pooling's Lipschitz constant, which also scales ``rho``.
     """
-    op = net.ops[i]
-    b, m = c.shape[:2]
-    if isinstance(op, AffineOp):
-        c = op.lin_t(c.reshape(b * m, *op.out_shape)).reshape(b, m, *op.in_shape)
-        return c, rho * segment_lipschitz(net, i, i + 1, norm)
-    lo_b, hi_b = bounds.lower[i], bounds.upper[i]
-    c = c.expand(lo_b.shape[0], *c.shape[1:])
-    if isinstance(op, ReLU):
-        active, unstable = (lo_b >= 0)[:, None], ((lo_b < 0) & (hi_b > 0))[:, None]
-        rho = rho + _dual(torch.where(unstable, c, 0.0), norm) / 2
-        return c * (active.to(c.dtype) + unstable.to(c.dtype) / 2), rho
-    if isinstance(op, MaxPool2d):
-        best, _, dominated, _ = maxpool_windows(op, lo_b, hi_b)
-        lip = segment_lipschitz(net, i, i + 1, norm)
-        nb, ch, n_out = best.shape[0], op.in_shape[0], best.shape[-1]
-        c = c.reshape(nb, m, ch, n_out)
-        dom = dominated[:, None]
-        rho = lip * (rho + _dual(torch.where(dom, 0.0, c), norm))
-        cols = torch.zeros(nb, m, ch, op.kernel_size[0] * op.kernel_size[1], n_out, dtype=c.dtype)
-        idx = best[:, None, :, None, :].expand(nb, m, ch, 1, n_out)
-        cols.scatter_(3, idx, torch.where(dom, c, 0.0)[:, :, :, None, :])
-        return op.fold(cols.reshape(nb * m, ch, cols.shape[3], n_out)).reshape(nb, m, *op.in_shape), rho
-    raise TypeError(f"no Jacobian rule for {op!r}")  # pragma: no cover
+    lip = segment_lipschitz(net, i, i + 1, norm)
+    return net.ops[i].ball_step(c, rho, bounds.lower[i], bounds.upper[i], norm, lip)
 
 
 def local_deviation_lower(
@@ -196,7 +151,7 @@ def local_deviation_lower(
     if spawn is not None and not set(spawn) <= set(range(n + 1)):
         raise ValueError(f"`spawn` must hold layer boundaries in 0..{n}, got {sorted(spawn)!r}.")
     if spawn is None:
-        spawn = {n} | {i for i, op in enumerate(net.ops) if not isinstance(op, AffineOp)} if s.norm == 2 else set()
+        spawn = {n} | {i for i, op in enumerate(net.ops) if not op.affine} if s.norm == 2 else set()
     dev2, dev_p = s.deviation(2.0)[:, None], s.deviation(s.norm)[:, None]
     seeds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -216,24 +171,6 @@ def local_deviation_lower(
             c, rho = _ball_step(net, i, bounds, c, rho, s.norm)
         best = torch.maximum(best, mean_value_lower(c, torch.zeros_like(c), s) - rho * dev_p)
     return best
-
-
-def _maxpool_rows(
-    op: MaxPool2d, lo_b: torch.Tensor, hi_b: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pull row intervals ``[lo, hi]`` (B, M, C, Ho, Wo) back through max pooling."""
-    _, possible, dominated, _ = maxpool_windows(op, lo_b, hi_b)
-    b, m = lo.shape[:2]
-    c, n_out = op.in_shape[0], possible.shape[-1]
-    lo, hi = lo.reshape(b, m, c, n_out), hi.reshape(b, m, c, n_out)
-    dom = dominated[:, None]
-    lo = torch.where(dom, lo, lo.clamp(max=0))  # a non-dominated window may route its row to any possible input
-    hi = torch.where(dom, hi, hi.clamp(min=0))
-    mask = possible[:, None].to(lo.dtype)  # for a dominated window the only possible input is the dominating one
-    k = mask.shape[3]
-    fold_lo = op.fold((mask * lo[:, :, :, None]).reshape(b * m, c, k, n_out)).reshape(b, m, *op.in_shape)
-    fold_hi = op.fold((mask * hi[:, :, :, None]).reshape(b * m, c, k, n_out)).reshape(b, m, *op.in_shape)
-    return fold_lo, fold_hi
 
 
 def gradient_dual_norm(centre: torch.Tensor, radius: torch.Tensor, norm: float) -> torch.Tensor:
