@@ -183,41 +183,55 @@ def ddp_worker(args: argparse.Namespace) -> None:
         print(json.dumps({"digits_per_s": args.n_train * args.repeats / elapsed, "seconds": elapsed}))
 
 
-def _launch_ddp(args: argparse.Namespace, world: int) -> float:
-    """Digits per second of one ``--ddp`` run with ``world`` processes of one thread each."""
+def _launch_ddp(args: argparse.Namespace, world: int, coupled: bool = True) -> float:
+    """Digits per second of one ``--ddp`` run of ``world`` processes with one thread each; ``coupled=False`` runs
+    them as independent single processes on ``1/world`` of the data and batch each (no DDP: the machine's ceiling).
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1", WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    command = [sys.executable, __file__, "--ddp-worker", "--threads", "1", "--batch", str(args.batch),
-               "--n-train", str(args.n_train), "--repeats", str(args.repeats)]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    env["WORLD_SIZE"] = str(world if coupled else 1)
+    batch, n_train = (args.batch, args.n_train) if coupled else (args.batch // world, args.n_train // world)
+    command = [sys.executable, __file__, "--ddp-worker", "--threads", "1", "--batch", str(batch),
+               "--n-train", str(n_train), "--repeats", str(args.repeats)]  # fmt: skip
     procs = [
-        subprocess.Popen(command, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(command, env=dict(env, RANK=str(r if coupled else 0), LOCAL_RANK=str(r if coupled else 0)),
+                         stdout=subprocess.PIPE, text=True)
         for r in range(world)
-    ]
+    ]  # fmt: skip
     outputs = [proc.communicate(timeout=1800)[0] for proc in procs]
     if any(proc.returncode != 0 for proc in procs):
         raise RuntimeError(f"a --ddp run with {world} processes failed")
-    return float(json.loads(outputs[0].strip().splitlines()[-1])["digits_per_s"])
+    rates = [float(json.loads(out.strip().splitlines()[-1])["digits_per_s"]) for out in outputs if out.strip()]
+    return rates[0] if coupled else sum(rates)
 
 
 def ddp_benchmark(args: argparse.Namespace) -> None:
-    """Throughput of 2 DDP processes (1 thread each) against 1 process (1 thread), same global batch."""
-    rates: dict[int, list[float]] = {1: [], 2: []}
+    """Throughput of 2 DDP processes (1 thread each) against 1 process (1 thread), same global batch; 2 independent
+    processes (no communication) show what the machine allows."""
+    setups = {
+        f"1 process, batch {args.batch}": lambda: _launch_ddp(args, 1),
+        f"2 DDP processes, batch {args.batch // 2} each": lambda: _launch_ddp(args, 2),
+        f"2 independent processes (no DDP), batch {args.batch // 2} each": lambda: _launch_ddp(args, 2, False),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in setups}
     for _ in range(args.rounds):
-        for world in (1, 2):
-            rates[world].append(_launch_ddp(args, world))
-    one, two = statistics.median(rates[1]), statistics.median(rates[2])
+        for name, launch in setups.items():
+            rates[name].append(launch())
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    one, two, free = median.values()
     print(f"JR (1 projection) on mnist_cnn, {args.n_train} digits, global batch {args.batch}, {args.repeats} timed "
           f"epochs per run, {args.rounds} rounds, 1 thread per process, load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")  # fmt: skip
     print()
-    print("| set-up | digits / s (median) | runs |")
-    print("|---|---|---|")
-    print(f"| 1 process, batch {args.batch} | {one:.1f} | {', '.join(f'{r:.1f}' for r in rates[1])} |")
-    print(f"| 2 DDP processes, batch {args.batch // 2} each | {two:.1f} | {', '.join(f'{r:.1f}' for r in rates[2])} |")
+    print("| set-up | digits / s (median) | x 1 process | runs |")
+    print("|---|---:|---:|---|")
+    for name, value in median.items():
+        print(f"| {name} | {value:.1f} | {value / one:.2f} | {', '.join(f'{r:.1f}' for r in rates[name])} |")
     print()
-    print(f"throughput ratio, 2 DDP processes / 1 process: {two / one:.2f} (target >= 1.6)")
+    print(f"throughput ratio, 2 DDP processes / 1 process: {two / one:.2f} (target >= 1.6); DDP / independent "
+          f"processes: {two / free:.2f}")  # fmt: skip
     print_checks([("2-process DDP time per digit <= 0.625x one process (i.e. throughput >= 1.6x)", one / two, 0.625)])
 
 
