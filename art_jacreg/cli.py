@@ -69,10 +69,48 @@ def _load_classifier(path: str) -> Any:
         raise CLIError(str(err)) from None
 
 
+def _start_distributed(args: argparse.Namespace) -> bool:
+    """Join torchrun's process group for ``--distributed``; refuse a multi-process launch without it.
+
+    :return: Whether this process is the main one (rank 0, or the only process).
+    """
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not args.distributed:
+        if world > 1:
+            raise CLIError(
+                f"started by torchrun with {world} processes but without --distributed: each process would train "
+                "its own model; add --distributed"
+            )
+        return True
+    from art_jacreg.training.distributed import init_from_torchrun
+
+    try:
+        init_from_torchrun()
+    except RuntimeError as err:
+        raise CLIError(str(err)) from None
+    import torch.distributed as dist
+
+    return dist.get_rank() == 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    _check_outputs(out=args.out)
+    _check_outputs(out=args.out, checkpoint=args.checkpoint)
     _check_data(args.data)
     _set_threads(args)
+    main_process = _start_distributed(args)
+    try:
+        return _train(args, main_process)
+    finally:
+        if args.distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, main_process: bool) -> int:
     from art_jacreg.checkpoints import save_state_dict
     from art_jacreg.workflows import accuracy, train_mnist_cnn
 
@@ -89,7 +127,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         verbose=not args.quiet,
+        checkpoint=args.checkpoint,
     )
+    if not main_process:
+        return 0
     save_state_dict(trained.model, args.out)
     test_accuracy = accuracy(trained.classifier, x_test, y_test)
     print(f"trained {trained.describe()}; test accuracy {test_accuracy:.4f} on {len(x_test)} digits")

@@ -145,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", metavar="PATH", default="model.pt", help="where to save the state_dict (default model.pt)"
     )
     train.add_argument("--seed", type=int, default=0, help="seed of the weights and of the training (default 0)")
+    train.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        default=None,
+        help="save a checkpoint after every epoch; if PATH exists, resume from it (same settings required)",
+    )
+    train.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel training under torchrun (torchrun --nproc_per_node N -m art_jacreg.cli train "
+        "--distributed ...): gloo on CPUs, NCCL on GPUs; --batch-size is per process; rank 0 saves --out",
+    )
     _add_data(train)
     _add_common(train)
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import numbers
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,8 +31,9 @@ from art.estimators.classification.pytorch import PyTorchClassifier
 
 from art_jacreg import _art
 from art_jacreg._validate import check_clip_range
-from art_jacreg.training import batches, checks, preflight
-from art_jacreg.training.loop import TrainingLoop, accuracy
+from art_jacreg.training import batches, checks, distributed, preflight
+from art_jacreg.training.checkpoint import CheckpointHooks, check_checkpoint_path
+from art_jacreg.training.loop import LoopHooks, TrainingLoop, accuracy
 from art_jacreg.training.objectives import JacobianRegularizedObjective, check_jacobian_settings, cross_entropy_like
 from art_jacreg.training.randomness import training_generators
 
@@ -269,6 +272,7 @@ class JacobianRegularizedTrainer(Trainer):
         nb_epochs: int | None = None,
         scheduler: Any | None = None,
         verbose: bool | None = None,
+        checkpoint: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> None:
         """Train the classifier with Jacobian regularization on arrays.
@@ -276,6 +280,14 @@ class JacobianRegularizedTrainer(Trainer):
         The data are reshuffled every epoch (seeded by ``seed``); the last batch may be smaller. The caller's arrays
         are not modified. ART's positional ``fit(x, y, batch_size, nb_epochs)`` is refused with a message: pass
         ``batch_size`` and ``nb_epochs`` by keyword.
+
+        Under ``torch.distributed`` (an initialised process group, e.g. a script run by ``torchrun``) the training is
+        data-parallel: every rank calls ``fit`` with the same ``x`` and ``y``, takes its shard of each epoch's
+        permutation (the ``DistributedSampler`` rule: padded by wrapping to a multiple of the number of ranks, then
+        rank-strided), and ``batch_size`` is the batch of *each rank* (global batch = ``batch_size`` x ranks). The
+        model runs inside ``DistributedDataParallel`` for the run and is a plain module again afterwards, with the
+        same weights on every rank; :attr:`history` holds the global means. See the guide page "Multi-GPU and
+        multi-node training".
 
         :param x: Training inputs ``(N, *input_shape)`` in raw units (before ``preprocessing``); values outside the
             classifier's ``clip_values`` give a warning.
@@ -286,6 +298,10 @@ class JacobianRegularizedTrainer(Trainer):
         :param scheduler: Optional LR scheduler of the classifier's optimizer; ``step()`` is called once after every
             epoch (``ReduceLROnPlateau`` gets the epoch's mean training loss).
         :param verbose: Progress bar on/off; ``None`` uses the constructor's ``verbose``.
+        :param checkpoint: Optional checkpoint file. The model, optimizer, scheduler, random states, epoch and history
+            are saved into it atomically after every epoch; when it exists, training resumes after its last epoch
+            (the run then ends with the weights an uninterrupted run would have, bit for bit). A file of another run
+            (other model, settings, data size or number of processes) is refused with a ``ValueError``.
         :param kwargs: Accepted for ART compatibility; ignored with a warning.
         :raises FloatingPointError: If the loss, a gradient or the updated weights become NaN/inf; the weights and
             optimizer state of the last good step are restored first.
@@ -302,8 +318,15 @@ class JacobianRegularizedTrainer(Trainer):
             self._classifier.model, min(batch_size, x_arr.shape[0]), "batch_size" if batch_size == 1 else "x"
         )
         check_clip_range(x_arr, self._classifier.clip_values, "x", error=False)
+        path = None if checkpoint is None else check_checkpoint_path(checkpoint)
         _warn_unused(kwargs, "fit")
-        self._train(batches.array_batches(x_arr, y_idx, batch_size, self._np_rng), nb_epochs, val, scheduler, verbose)
+        group = distributed.process_group()
+        if group is None:
+            source = batches.array_batches(x_arr, y_idx, batch_size, self._np_rng)
+        else:
+            source = distributed.sharded_array_batches(x_arr, y_idx, batch_size, self._np_rng, *group)
+        run = {"data": [int(n) for n in x_arr.shape], "batch_size": batch_size, "source": "arrays"}
+        self._train(source, nb_epochs, val, scheduler, verbose, path, run)
 
     def fit_generator(
         self,
@@ -312,6 +335,7 @@ class JacobianRegularizedTrainer(Trainer):
         scheduler: Any | None = None,
         validation_data: tuple[np.ndarray, np.ndarray] | None = None,
         verbose: bool | None = None,
+        checkpoint: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> None:
         """Train the classifier with Jacobian regularization on batches from an ART data generator.
@@ -320,12 +344,20 @@ class JacobianRegularizedTrainer(Trainer):
         trainers); shuffling is the generator's (e.g. the ``DataLoader``'s) business. The batch size is the
         generator's (the constructor's ``batch_size`` does not apply).
 
+        Under ``torch.distributed`` each rank draws the epoch's batches from its generator and trains on batches
+        ``rank, rank + world_size, ...`` (the same number on every rank: the last ``n mod world_size`` batches are
+        dropped); seed the generators identically on all ranks for an exact partition. The batch size of each rank
+        is the generator's.
+
         :param generator: An ART :class:`~art.data_generators.DataGenerator` (e.g. ``PyTorchDataGenerator``) yielding
             ``(x_batch, y_batch)`` with labels as indices or one-hot.
         :param nb_epochs: Number of epochs (``>= 1``); ``None`` uses the constructor's ``nb_epochs``, else 20.
         :param scheduler: Optional LR scheduler; ``step()`` once after every epoch.
         :param validation_data: Optional ``(x_val, y_val)``.
         :param verbose: Progress bar on/off; ``None`` uses the constructor's ``verbose``.
+        :param checkpoint: Optional checkpoint file, as in :meth:`fit`. The generator's own position and shuffling
+            state are not saved: a resumed run continues bit-identically only with a generator that yields the same
+            batches in every run (e.g. a ``DataLoader`` whose shuffling is reseeded per epoch).
         :param kwargs: Accepted for ART compatibility; ignored with a warning.
         :raises FloatingPointError: As in :meth:`fit`.
         """
@@ -340,8 +372,10 @@ class JacobianRegularizedTrainer(Trainer):
         preflight.check_scheduler(scheduler, preflight.optimizer_of(self._classifier))
         preflight.check_trainable(self._classifier)
         preflight.check_batch_size_for_batch_norm(self._classifier.model, generator.batch_size, "generator.batch_size")
+        path = None if checkpoint is None else check_checkpoint_path(checkpoint)
         _warn_unused(kwargs, "fit_generator")
-        self._train(epoch_batches, nb_epochs, val, scheduler, verbose)
+        run = {"data": int(generator.size), "batch_size": int(generator.batch_size), "source": "generator"}
+        self._train(epoch_batches, nb_epochs, val, scheduler, verbose, path, run)
 
     def predict(self, x: np.ndarray, **kwargs: Any) -> np.ndarray:
         """Predict with the trained classifier (its ``predict``); the model's train/eval mode is left unchanged.
@@ -386,10 +420,16 @@ class JacobianRegularizedTrainer(Trainer):
         validation: tuple[np.ndarray, np.ndarray] | None,
         scheduler: Any | None,
         verbose: bool | None,
+        checkpoint: Path | None = None,
+        run: dict[str, Any] | None = None,
     ) -> None:
-        """Run the training loop with the Jacobian-regularized objective; fills :attr:`history`."""
+        """Run the training loop with the Jacobian-regularized objective (data-parallel under an initialised
+        process group, resumable with a checkpoint file); fills :attr:`history`.
+        """
         self.history = []
-        logger.info(
+        group = distributed.process_group()
+        logger.log(
+            logging.INFO if group is None or group[0] == 0 else logging.DEBUG,
             "Jacobian-regularized training: norm=%s, reg_weight=%g, n_projections=%s, n_rows=%s, %d epochs",
             "2" if self.norm == 2 else "inf",
             self.reg_weight,
@@ -399,19 +439,40 @@ class JacobianRegularizedTrainer(Trainer):
         )
         forward = _art.logits_function(self._classifier)
         device = self._classifier.device
+        module, optimizer = self._classifier._model, preflight.optimizer_of(self._classifier)
+        objective = self._objective()
+        generators: dict[str, Any] = {"shuffle": self._np_rng, "estimator": self._torch_gen}
+        hooks: LoopHooks = LoopHooks()
+        if group is not None:
+            by_batch = run is not None and run["source"] == "generator"
+            hooks = distributed.DistributedHooks(module, device, shard_batches=by_batch)
+            distributed.agree_on_run(hooks, {"nb_epochs": nb_epochs, **(run or {})})
+            distributed.synchronise_generators(hooks, self._np_rng, self._torch_gen)
+            objective.generator = generators["rank_estimator"] = distributed.rank_generator(self._torch_gen, hooks.rank)
+        start, previous = 0, None
+        if checkpoint is not None:
+            settings = {
+                "trainer": {"norm": self.norm, "reg_weight": self.reg_weight, "n_projections": self.n_projections,
+                            "n_rows": self.n_rows},
+                **(run or {}),
+            }  # fmt: skip
+            hooks = CheckpointHooks(hooks, checkpoint, self._classifier.model, optimizer, scheduler, generators,
+                                    settings, logger)  # fmt: skip
+            start, previous = hooks.resume(nb_epochs)
         loop = TrainingLoop(
-            self._classifier._model,
-            preflight.optimizer_of(self._classifier),
-            self._objective(),
+            module,
+            optimizer,
+            objective,
             forward,
             device,
+            hooks=hooks,
             skip_singleton_batches=checks.has_batch_norm(self._classifier.model),
             log=logger,
             description="Jacobian regularization",
         )
         validate = None if validation is None else (lambda: accuracy(forward, loop.module, *validation, device))
         show = self.verbose if verbose is None else bool(verbose)
-        self.history = loop.run(epoch_batches, nb_epochs, validate, scheduler, show)
+        self.history = loop.run(epoch_batches, nb_epochs, validate, scheduler, show, start, previous)
 
 
 def _default(value: Any, constructor_value: Any, fallback: int) -> Any:

@@ -7,6 +7,7 @@ parses arguments, calls these functions and prints what they return.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import numpy as np
@@ -106,8 +107,11 @@ def train_mnist_cnn(
     lr: float = 1e-3,
     seed: int = 0,
     verbose: bool = True,
+    checkpoint: str | os.PathLike | None = None,
 ) -> TrainingSummary:
     """Train :func:`~art_jacreg.models.mnist_cnn` with :class:`~art_jacreg.trainer.JacobianRegularizedTrainer`.
+
+    Data-parallel when a ``torch.distributed`` process group is initialised (``batch_size`` is then per rank).
 
     :param x: Training images ``(N, 1, 28, 28)`` in ``[0, 1]``.
     :param y: Labels (indices or one-hot).
@@ -118,6 +122,7 @@ def train_mnist_cnn(
     :param lr: Adam learning rate.
     :param seed: Seed of the weights and of the training.
     :param verbose: Show progress bars.
+    :param checkpoint: Optional checkpoint file: saved after every epoch, resumed from when it exists.
     :return: :class:`TrainingSummary`.
     :raises FloatingPointError: If training diverges (the trainer keeps the last finite weights).
     """
@@ -127,7 +132,7 @@ def train_mnist_cnn(
     model = mnist_cnn(seed=seed)
     classifier = make_classifier(model, lr=lr)
     trainer = JacobianRegularizedTrainer(classifier, norm=norm, reg_weight=reg_weight, seed=seed, verbose=verbose)
-    trainer.fit(x, y, batch_size=batch_size, nb_epochs=epochs)
+    trainer.fit(x, y, batch_size=batch_size, nb_epochs=epochs, checkpoint=checkpoint)
     return TrainingSummary(model, classifier, norm, float(trainer.reg_weight), epochs, len(x))
 
 

@@ -2,6 +2,13 @@
 
 Run: ``python benchmarks/bench_jacobian.py [--batch 64] [--repeats 20] [--threads 2]``
      ``python benchmarks/bench_jacobian.py --epoch [--n-train 1024] [--repeats 5] [--threads 1]``
+     ``python benchmarks/bench_jacobian.py --ddp [--n-train 1024] [--batch 64] [--repeats 3] [--rounds 2]``
+
+``--ddp`` compares training throughput (digits per second, JR with one projection, ``mnist_cnn``) of one process
+with one thread against 2 processes with one thread each under ``torch.distributed`` (gloo, DDP, the torchrun
+environment), at the same global batch (``--batch``; ``--batch / 2`` per rank). Each run is a fresh process that
+trains one warm-up epoch and then times ``--repeats`` epochs; the two set-ups alternate for ``--rounds`` rounds and
+the medians are compared (issue 13's target: 2 processes >= 1.6x one process).
 
 ``--epoch`` times whole training epochs instead: ART's ``classifier.fit``, the trainer with ``reg_weight=0``, the
 trainer with one random projection, and a 20-line reference JR loop (one projection, shared forward, no guard),
@@ -21,7 +28,12 @@ Targets (from the issue): 1-projection ||J||_F^2 <= 2.0x plain; exact ||J||_{1,1
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import socket
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -144,15 +156,103 @@ def epoch_benchmark(args: argparse.Namespace) -> None:
     )
 
 
+def ddp_worker(args: argparse.Namespace) -> None:
+    """One process of ``--ddp``: (join the group if ``WORLD_SIZE > 1``,) warm up, time epochs, print JSON."""
+    import torch.distributed as dist
+
+    from art_jacreg.models import make_classifier
+    from art_jacreg.trainer import JacobianRegularizedTrainer
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        dist.init_process_group("gloo")
+    (x_train, y_train), _, _, _ = load_mnist()
+    x_np, y_np = x_train[: args.n_train], y_train[: args.n_train].argmax(axis=1)
+    trainer = JacobianRegularizedTrainer(make_classifier(mnist_cnn(seed=0), device_type="cpu"), reg_weight=0.01,
+                                         n_projections=1, seed=0, verbose=False)  # fmt: skip
+    batch = args.batch // world
+    trainer.fit(x_np, y_np, batch_size=batch, nb_epochs=1)  # warm-up
+    if world > 1:
+        dist.barrier()
+    start = time.perf_counter()
+    trainer.fit(x_np, y_np, batch_size=batch, nb_epochs=args.repeats)
+    elapsed = time.perf_counter() - start
+    if world > 1:
+        dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"digits_per_s": args.n_train * args.repeats / elapsed, "seconds": elapsed}))
+
+
+def _launch_ddp(args: argparse.Namespace, world: int, coupled: bool = True) -> float:
+    """Digits per second of one ``--ddp`` run of ``world`` processes with one thread each; ``coupled=False`` runs
+    them as independent single processes on ``1/world`` of the data and batch each (no DDP: the machine's ceiling).
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    env["WORLD_SIZE"] = str(world if coupled else 1)
+    batch, n_train = (args.batch, args.n_train) if coupled else (args.batch // world, args.n_train // world)
+    command = [sys.executable, __file__, "--ddp-worker", "--threads", "1", "--batch", str(batch),
+               "--n-train", str(n_train), "--repeats", str(args.repeats)]  # fmt: skip
+    procs = [
+        subprocess.Popen(command, env=dict(env, RANK=str(r if coupled else 0), LOCAL_RANK=str(r if coupled else 0)),
+                         stdout=subprocess.PIPE, text=True)
+        for r in range(world)
+    ]  # fmt: skip
+    outputs = [proc.communicate(timeout=1800)[0] for proc in procs]
+    if any(proc.returncode != 0 for proc in procs):
+        raise RuntimeError(f"a --ddp run with {world} processes failed")
+    rates = [float(json.loads(out.strip().splitlines()[-1])["digits_per_s"]) for out in outputs if out.strip()]
+    return rates[0] if coupled else sum(rates)
+
+
+def ddp_benchmark(args: argparse.Namespace) -> None:
+    """Throughput of 2 DDP processes (1 thread each) against 1 process (1 thread), same global batch; 2 independent
+    processes (no communication) show what the machine allows."""
+    setups = {
+        f"1 process, batch {args.batch}": lambda: _launch_ddp(args, 1),
+        f"2 DDP processes, batch {args.batch // 2} each": lambda: _launch_ddp(args, 2),
+        f"2 independent processes (no DDP), batch {args.batch // 2} each": lambda: _launch_ddp(args, 2, False),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in setups}
+    for _ in range(args.rounds):
+        for name, launch in setups.items():
+            rates[name].append(launch())
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    one, two, free = median.values()
+    print(f"JR (1 projection) on mnist_cnn, {args.n_train} digits, global batch {args.batch}, {args.repeats} timed "
+          f"epochs per run, {args.rounds} rounds, 1 thread per process, load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs")  # fmt: skip
+    print()
+    print("| set-up | digits / s (median) | x 1 process | runs |")
+    print("|---|---:|---:|---|")
+    for name, value in median.items():
+        print(f"| {name} | {value:.1f} | {value / one:.2f} | {', '.join(f'{r:.1f}' for r in rates[name])} |")
+    print()
+    print(f"throughput ratio, 2 DDP processes / 1 process: {two / one:.2f} (target >= 1.6); DDP / independent "
+          f"processes: {two / free:.2f}")  # fmt: skip
+    print_checks([("2-process DDP time per digit <= 0.625x one process (i.e. throughput >= 1.6x)", one / two, 0.625)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds (after 3 warm-up rounds)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epoch", action="store_true", help="time whole epochs (trainer vs ART's fit)")
-    parser.add_argument("--n-train", type=int, default=1024, help="training digits per epoch (with --epoch)")
+    parser.add_argument("--n-train", type=int, default=1024, help="training digits per epoch (--epoch, --ddp)")
+    parser.add_argument("--ddp", action="store_true", help="2-process DDP throughput vs one process")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of --ddp runs")
+    parser.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.ddp_worker:
+        ddp_worker(args)
+        return
+    if args.ddp:
+        ddp_benchmark(args)
+        return
     if args.epoch:
         epoch_benchmark(args)
         return

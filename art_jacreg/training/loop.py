@@ -5,8 +5,9 @@ minimise plus named parts for the history (:class:`ObjectiveOutput`). Trainers a
 validation, defaults, documentation) of this loop plus an objective (:mod:`art_jacreg.training.objectives`).
 
 Extension points for data-parallel training and resumable runs are the methods of :class:`LoopHooks` (wrap the
-forward function, shard the batches of an epoch, all-reduce the history sums, act at the end of every epoch); the
-default hooks run one process and do nothing extra.
+forward function for the run, shard the batches of an epoch, all-reduce the history sums and the finiteness flag of
+every step, act at the end of every epoch); the default hooks run one process and do nothing extra.
+:mod:`art_jacreg.training.distributed` and :mod:`art_jacreg.training.checkpoint` implement them.
 
 Cost per step beyond the objective: one host synchronisation (a single fused finiteness flag of the loss, the
 gradients and the updated weights) and an in-place refresh of preallocated copies of the last good weights and
@@ -59,17 +60,22 @@ class LoopHooks:
     """Extension points of :class:`TrainingLoop`; the defaults run one process and add nothing.
 
     A data-parallel run overrides :meth:`wrap_forward` (run the model inside ``DistributedDataParallel``),
-    :meth:`shard` (take this rank's share of an epoch's batches), :meth:`reduce_sums` (all-reduce the history sums)
-    and :attr:`is_main` (progress bar and logging on rank 0 only); a resumable run saves a checkpoint in
-    :meth:`on_epoch_end`.
+    :meth:`shard` (take this rank's share of an epoch's batches), :meth:`reduce_sums` and :meth:`all_ok`
+    (all-reduce the history sums and the finiteness verdict of a step), :meth:`finish` (drop the wrapper) and
+    :attr:`is_main` (progress bar and logging on rank 0 only); a resumable run saves a checkpoint in
+    :meth:`on_epoch_end`. :meth:`barrier`, :meth:`gather` and :meth:`broadcast` are the collectives a checkpoint
+    needs (trivial in one process).
     """
 
     #: Whether this process shows the progress bar and logs the epochs.
     is_main: bool = True
 
     def wrap_forward(self, forward: Forward) -> Forward:
-        """The forward function the objective calls (default: ``forward`` itself)."""
+        """The forward function the objective calls during a run (default: ``forward`` itself)."""
         return forward
+
+    def finish(self) -> None:
+        """Called when a run ends, normally or by an exception (default: nothing)."""
 
     def shard(self, batches: Batches, epoch: int) -> Batches:
         """The batches of ``epoch`` that this process trains on (default: all of them)."""
@@ -78,6 +84,25 @@ class LoopHooks:
     def reduce_sums(self, sums: torch.Tensor) -> torch.Tensor:
         """Combine the epoch's history sums over processes (default: unchanged). The last entry is the count."""
         return sums
+
+    def all_ok(self, ok: bool) -> bool:
+        """Combine the finiteness verdicts of a step over processes (default: unchanged).
+
+        :param ok: Whether this process's loss, gradients and updated weights are finite.
+        :return: Whether they are on every process.
+        """
+        return ok
+
+    def barrier(self) -> None:
+        """Wait for all processes (default: nothing)."""
+
+    def gather(self, obj: Any) -> list[Any]:
+        """``obj`` of every process, in rank order (default: ``[obj]``)."""
+        return [obj]
+
+    def broadcast(self, obj: Any) -> Any:
+        """The main process's ``obj`` on every process (default: ``obj``)."""
+        return obj
 
     def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
         """Called after every epoch with its history record (default: nothing)."""
@@ -115,7 +140,8 @@ class TrainingLoop:
         self.optimizer = optimizer
         self.objective = objective
         self.hooks = hooks if hooks is not None else LoopHooks()
-        self.forward = self.hooks.wrap_forward(forward)
+        self.forward = forward
+        self._run_forward: Forward = forward
         self.device = device
         self.skip_singleton_batches = skip_singleton_batches
         self.log = log if log is not None else logging.getLogger(__name__)
@@ -130,8 +156,10 @@ class TrainingLoop:
         validate: Callable[[], float] | None = None,
         scheduler: Any | None = None,
         verbose: bool = True,
+        start_epoch: int = 0,
+        history: list[dict[str, Any]] | None = None,
     ) -> list[dict[str, Any]]:
-        """Train for ``nb_epochs`` epochs and return the history (one record per epoch).
+        """Train up to epoch ``nb_epochs`` and return the history (one record per epoch).
 
         :param epoch_batches: ``epoch_batches(epoch)`` gives the ``(x, y)`` numpy batches of that (1-based) epoch.
         :param nb_epochs: Number of epochs.
@@ -139,41 +167,68 @@ class TrainingLoop:
         :param scheduler: Optional LR scheduler stepped once after every epoch (``ReduceLROnPlateau`` gets the
             epoch's mean loss).
         :param verbose: Show a tqdm progress bar over the epochs.
+        :param start_epoch: Epochs already trained (a resumed run trains epochs ``start_epoch + 1 .. nb_epochs``).
+        :param history: The records of the epochs already trained (copied into the returned history).
         :return: The history: dicts with ``epoch``, ``loss``, the objective's parts, ``train_accuracy``,
             ``val_accuracy``, ``learning_rate`` and ``seconds``.
         :raises FloatingPointError: If a step gives a non-finite loss, gradient or weight; the weights and optimizer
             state of the last good step are restored first.
         """
-        history: list[dict[str, Any]] = []
+        history = list(history or [])
         self._skipped_note = False
         show = verbose and self.hooks.is_main
         guard = RollbackGuard(self.module, self.optimizer)
-        with (
-            model_mode(self.module, True),
-            trange(1, nb_epochs + 1, desc=f"{self.description} - epochs", disable=not show) as bar,
-        ):
-            for epoch in bar:
-                start = time.perf_counter()
-                learning_rate = self.optimizer.param_groups[0].get("lr")
-                stats = self._epoch(self.hooks.shard(epoch_batches(epoch), epoch), epoch, guard)
-                val_acc = validate() if validate is not None else None
-                if scheduler is not None:
-                    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                        scheduler.step(stats["loss"])
-                    else:
-                        scheduler.step()
-                record = {
-                    "epoch": epoch,
-                    **stats,
-                    "val_accuracy": val_acc,
-                    "learning_rate": learning_rate,
-                    "seconds": time.perf_counter() - start,
-                }
-                history.append(record)
-                self._log_epoch(record, nb_epochs)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['train_accuracy']:.3f}")
-                self.hooks.on_epoch_end(epoch, record)
+        self._run_forward = self.hooks.wrap_forward(self.forward)
+        try:
+            with (
+                model_mode(self.module, True),
+                trange(
+                    start_epoch + 1,
+                    nb_epochs + 1,
+                    desc=f"{self.description} - epochs",
+                    disable=not show,
+                    initial=start_epoch,
+                    total=nb_epochs,
+                ) as bar,
+            ):
+                self._epochs(bar, epoch_batches, nb_epochs, validate, scheduler, guard, history)
+        finally:
+            self._run_forward = self.forward
+            self.hooks.finish()
         return history
+
+    def _epochs(
+        self,
+        bar: Any,
+        epoch_batches: Callable[[int], Batches],
+        nb_epochs: int,
+        validate: Callable[[], float] | None,
+        scheduler: Any | None,
+        guard: RollbackGuard,
+        history: list[dict[str, Any]],
+    ) -> None:
+        """The epochs of :meth:`run`; appends their records to ``history``."""
+        for epoch in bar:
+            start = time.perf_counter()
+            learning_rate = self.optimizer.param_groups[0].get("lr")
+            stats = self._epoch(self.hooks.shard(epoch_batches(epoch), epoch), epoch, guard)
+            val_acc = validate() if validate is not None else None
+            if scheduler is not None:
+                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    scheduler.step(stats["loss"])
+                else:
+                    scheduler.step()
+            record = {
+                "epoch": epoch,
+                **stats,
+                "val_accuracy": val_acc,
+                "learning_rate": learning_rate,
+                "seconds": time.perf_counter() - start,
+            }
+            history.append(record)
+            self._log_epoch(record, nb_epochs)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['train_accuracy']:.3f}")
+            self.hooks.on_epoch_end(epoch, record)
 
     def _epoch(self, batches: Batches, epoch: int, guard: RollbackGuard) -> dict[str, Any]:
         """One pass over ``batches``; sample-weighted means of the loss, the parts and the accuracy."""
@@ -207,12 +262,13 @@ class TrainingLoop:
         x_t = torch.from_numpy(x_b).to(self.device)
         y_t = torch.from_numpy(y_b).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.objective(self.forward, x_t, y_t)
-        out.loss.backward()
+        out = self.objective(self._run_forward, x_t, y_t)
+        out.loss.backward()  # the one backward of the step (DDP all-reduces the gradients here)
         grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         self.optimizer.step()
-        if not all_finite(out.loss, grads, guard.parameters):  # one host synchronisation per step
-            self._fail(out, grads, guard, f"epoch {epoch}, batch {batch_index}")
+        local_ok = all_finite(out.loss, grads, guard.parameters)  # one host synchronisation per step
+        if not self.hooks.all_ok(local_ok):
+            self._fail(out, grads, guard, f"epoch {epoch}, batch {batch_index}", local_ok)
         guard.commit()
         n = float(x_b.shape[0])
         if self._part_names is None:
@@ -225,11 +281,18 @@ class TrainingLoop:
         tail = torch.stack([out.correct.double(), loss.new_full((), n, dtype=torch.float64)])
         return torch.cat([values, tail])
 
-    def _fail(self, out: ObjectiveOutput, grads: list[torch.Tensor], guard: RollbackGuard, where: str) -> None:
+    def _fail(
+        self, out: ObjectiveOutput, grads: list[torch.Tensor], guard: RollbackGuard, where: str, local_ok: bool
+    ) -> None:
         """Restore the last good state and raise a :class:`FloatingPointError` saying what went wrong where."""
         loss_ok = bool(torch.isfinite(out.loss.detach()))
         grads_ok = all_finite(out.loss.new_zeros(()), grads, [])
         guard.restore()
+        if local_ok:
+            raise FloatingPointError(
+                f"Another process had a non-finite loss, gradient or weight at {where}; the weights before this "
+                "step were kept on every process."
+            )
         if not loss_ok:
             parts = ", ".join(
                 f"{name.replace('_', '-')} {'n/a' if v is None else float(v)}" for name, v in out.parts.items()
