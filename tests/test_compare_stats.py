@@ -206,3 +206,20 @@ def test_labels_of_clustered_points_do_not_overlap():
     boxes = [tuple(a.get_window_extent(renderer).extents) for a in anns]
     assert not any(overlaps(boxes[i], boxes[j]) for i in range(6) for j in range(i + 1, 6))
     plt.close(fig)
+
+
+def test_recommendations_follow_their_stated_rules():
+    from art_jacreg.compare.summary import recommendations
+
+    rows = []
+    for s in range(3):
+        rows.append(_row("fbf", s, 1.0, 0.97, 0.70 + 0.001 * s, 0.2))
+        rows.append(_row("madry", s, 7.0, 0.98, 0.80 + 0.001 * s, 0.3))
+        jr = _row("jr-l2-0.01", s, 1.5, 0.95, 0.50, 0.0, trainer="jr", norm="2")
+        jr["certified_accuracy"]["2"]["0.3"] = 0.4
+        rows.append(jr)
+    lines = recommendations(aggregate_rows(rows, _meta()), PROTOCOL.evaluation_config())
+    text = "\n".join(lines)
+    assert "**Most robust at l2 1.5:** `madry`" in text
+    assert "**Cheapest robust at l2 1.5:** `fbf`" in text  # 0.701 >= 0.8 * 0.801; jr's 0.5 is not
+    assert "**Certifiable at l2 0.3:** `jr-l2-0.01`" in text

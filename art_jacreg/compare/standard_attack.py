@@ -63,24 +63,26 @@ def standard_autoattack(
     """
     import torch
 
+    device = next(model.parameters()).device
     robust = np.zeros(len(x), dtype=bool)
     broken_by = dict.fromkeys(STANDARD_ATTACKS, 0)
     seconds = dict.fromkeys(STANDARD_ATTACKS, 0.0)
     with model_mode(model, False):
         with torch.no_grad():
             for start in range(0, len(x), 512):
-                logits = model(torch.from_numpy(x[start : start + 512]))
-                robust[start : start + 512] = logits.argmax(1).numpy() == y[start : start + 512]
+                logits = model(torch.from_numpy(x[start : start + 512]).to(device))
+                robust[start : start + 512] = logits.argmax(1).cpu().numpy() == y[start : start + 512]
         with seeded(seed):
             for name, attack in _attacks(model, eps, norm, square_queries, seed):
                 begin = time.perf_counter()
                 idx = np.flatnonzero(robust)
                 for start in range(0, len(idx), batch_size):
                     part = idx[start : start + batch_size]
-                    xt, yt = torch.from_numpy(x[part]), torch.from_numpy(y[part].astype(np.int64))
-                    adv = project(attack(xt, yt).detach().numpy(), x[part], eps, norm, (0.0, 1.0))
+                    xt = torch.from_numpy(x[part]).to(device)
+                    yt = torch.from_numpy(y[part].astype(np.int64)).to(device)
+                    adv = project(attack(xt, yt).detach().cpu().numpy(), x[part], eps, norm, (0.0, 1.0))
                     with torch.no_grad():
-                        wrong = model(torch.from_numpy(adv)).argmax(1).numpy() != y[part]
+                        wrong = model(torch.from_numpy(adv).to(device)).argmax(1).cpu().numpy() != y[part]
                     robust[part[wrong]] = False
                     broken_by[name] += int(wrong.sum())
                 seconds[name] = time.perf_counter() - begin

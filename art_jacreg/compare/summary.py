@@ -12,7 +12,10 @@ from art_jacreg._validate import norm_label
 from art_jacreg.compare.headline import DefenceAggregate, against, aggregate_rows, headline_markdown
 from art_jacreg.compare.stats import NOISE_SE_MULTIPLIER, compare, pareto_front
 
-__all__ = ["summary_markdown", "findings", "standard_gap"]
+__all__ = ["summary_markdown", "findings", "standard_gap", "recommendations", "CHEAP_FRACTION"]
+
+#: "Cheapest robust" is the cheapest defence whose mean robust accuracy is at least this fraction of the best one's.
+CHEAP_FRACTION = 0.8
 
 
 def _cell(agg: DefenceAggregate, path: str, digits: int = 3) -> str:
@@ -87,6 +90,47 @@ def findings(aggs: list[DefenceAggregate], protocol: dict[str, Any]) -> list[str
     return lines
 
 
+def recommendations(aggs: list[DefenceAggregate], protocol: dict[str, Any]) -> list[str]:
+    """Which defence to pick for which goal, read off the means by stated rules (markdown bullet lines).
+
+    * most robust: the highest mean accuracy under the fast pair at the headline eps (ties within the noise listed);
+    * cheapest robust: the lowest s/epoch among defences reaching :data:`CHEAP_FRACTION` of that accuracy;
+    * certifiable: the highest mean certified accuracy at the certified headline eps.
+
+    :param aggs: Aggregated defences.
+    :param protocol: ``meta["protocol"]``.
+    :return: Lines.
+    """
+    ok = [a for a in aggs if a.seeds and a.get("seconds_per_epoch") is not None]
+    lines = []
+    for key, eps, cert in (
+        ("2", protocol["headline_eps_l2"], protocol["headline_cert_l2"]),
+        ("inf", protocol["headline_eps_linf"], protocol["headline_cert_linf"]),
+    ):
+        path, cpath, label = f"robust_accuracy/{key}/{eps:g}", f"certified_accuracy/{key}/{cert:g}", norm_label(key)
+        usable = [a for a in ok if a.get(path) is not None]
+        if not usable:
+            continue
+        best = max(usable, key=lambda a: a.get(path).mean)
+        ties = [a.defence for a in usable if a is not best and compare(a.get(path), best.get(path)) == "≈"]
+        tie_text = f" (within the noise: {', '.join(f'`{t}`' for t in ties)})" if ties and best.get(path).n > 1 else ""
+        cheap = min(
+            (a for a in usable if a.get(path).mean >= CHEAP_FRACTION * best.get(path).mean),
+            key=lambda a: a.get("seconds_per_epoch").mean,
+        )
+        lines.append(f"- **Most robust at {label} {eps:g}:** `{best.defence}` ({_cell(best, path)}){tie_text}.")
+        lines.append(
+            f"- **Cheapest robust at {label} {eps:g}:** `{cheap.defence}` ({_cell(cheap, path)} at "
+            f"{_cell(cheap, 'seconds_per_epoch', 2)} s/epoch; the cheapest with at least {CHEAP_FRACTION:.0%} of the "
+            "best accuracy)."
+        )
+        certs = [a for a in ok if a.get(cpath) is not None]
+        if certs:
+            top = max(certs, key=lambda a: a.get(cpath).mean)
+            lines.append(f"- **Certifiable at {label} {cert:g}:** `{top.defence}` ({_cell(top, cpath)} certified).")
+    return lines
+
+
 def _header(meta: dict[str, Any]) -> list[str]:
     p = meta["protocol"]
     seeds = meta.get("seeds", [p.get("seed", 0)])
@@ -116,7 +160,8 @@ def summary_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     p = meta["protocol"]
     aggs = aggregate_rows(rows, meta)
     lines = _header(meta) + ["## Headline", "", headline_markdown(rows, meta), "## Findings", ""]
-    lines += findings(aggs, p) + ["", "## Accuracy under the fast AutoAttack pair (mean ± std)", ""]
+    lines += findings(aggs, p) + ["", "## Which defence to pick", ""] + recommendations(aggs, p)
+    lines += ["", "## Accuracy under the fast AutoAttack pair (mean ± std)", ""]
     good = [a for a in aggs if a.seeds]
     for key, sweep in (("2", p["eps_l2"]), ("inf", p["eps_linf"])):
         header = ["defence", "trained against", "clean"] + [f"AA-fast {norm_label(key)} {e:g}" for e in sweep]
