@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=("quick", "full"),
         default="quick",
-        help="quick: 7 defences, 1 seed, 3 epochs, under 5 minutes on 2 cores (default); full: every defence, "
+        help="quick: 6 defences, 1 seed, 3 epochs, under 5 minutes on 2 cores (default); full: every defence, "
         "3 seeds, 10 epochs, standard AutoAttack at the headline eps (hours; resumable)",
     )
     compare.add_argument(

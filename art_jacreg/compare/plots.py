@@ -80,6 +80,7 @@ def place_labels(ax: Any, points: list[tuple[float, float]], texts: list[str], f
     for x, y in points:
         px, py = ax.transData.transform((x, y))
         markers.append((px - 3, py - 3, px + 3, py + 3))
+    frame = ax.get_window_extent(renderer)
     placed: list[tuple[float, float, float, float]] = []
     out = []
     for (x, y), text in zip(points, texts):
@@ -90,6 +91,7 @@ def place_labels(ax: Any, points: list[tuple[float, float]], texts: list[str], f
             ext = ann.get_window_extent(renderer)
             box = (ext.x0, ext.y0, ext.x1, ext.y1)
             hits = sum(overlaps(box, other) for other in placed + markers)
+            hits += int(box[0] < frame.x0 or box[1] < frame.y0 or box[2] > frame.x1 or box[3] > frame.y1)
             if best_hits is None or hits < best_hits:
                 best, best_hits, best_box = offset, hits, box
             if hits == 0:
@@ -138,14 +140,24 @@ def _cost_panel(ax: Any, aggs: list[DefenceAggregate], path: str, ylabel: str, t
             zorder=0,
             label="non-dominated",
         )
-        ax.legend(fontsize=7, loc="lower right")
-    ax.set_xscale("log")
+        ax.legend(fontsize=7, loc="best")
+    _log_axis(ax)
     ax.set_xlabel("training seconds per epoch (log scale)")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
     place_labels(ax, pts, numbers)
+
+
+def _log_axis(ax: Any) -> None:
+    """Log x axis with plain-number ticks at 1, 2 and 5 per decade (no overlapping 3x10^0 labels)."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _key_text(aggs: list[DefenceAggregate]) -> str:
