@@ -212,10 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser(
         "compare",
         help="compare JR with ART's adversarial trainers (table + plots)",
-        description="Train every defence on the same MNIST CNN, seed, optimizer and epochs; evaluate clean, "
-        "AutoAttack and certified accuracy, Jacobian norms and generalization gaps; write summary.md, "
-        "results.json/csv and PNG plots into a results folder (printed). Results are cached per defence, so a rerun "
-        "resumes.",
+        description="Train every defence on the same MNIST CNN (--model), optimizer and epochs, once per seed "
+        "(--seeds); evaluate clean, AutoAttack and certified accuracy, Jacobian norms and generalization gaps; print "
+        "the headline table (mean ± std over seeds) and write summary.md, headline.md, results.json/csv and PNG plots "
+        "(Pareto plots per threat model) into a results folder (printed). Results are cached per (defence, seed), so "
+        "a rerun resumes.",
     )
     compare.add_argument(
         "--preset",
