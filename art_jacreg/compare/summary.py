@@ -69,12 +69,24 @@ def findings(aggs: list[DefenceAggregate], protocol: dict[str, Any]) -> list[str
             and compare(a.get("clean_accuracy"), best.get("clean_accuracy")) != "<"
             and a.get("seconds_per_epoch").mean <= best.get("seconds_per_epoch").mean
         ]
-        verdict = (
-            f"dominated outside the noise by {', '.join(f'`{d}`' for d in dominating)} (more robust, no less accurate "
-            "clean, no slower)"
-            if dominating
-            else "not dominated outside the noise by any ART trainer (robust accuracy, clean accuracy, s/epoch)"
-        )
+        if best.get(path).n < 2:
+            above = [
+                a.defence
+                for a in usable
+                if a.trainer not in ("jr", "plain")
+                and a.get(path).mean > best.get(path).mean
+                and a.get("clean_accuracy").mean >= best.get("clean_accuracy").mean
+                and a.get("seconds_per_epoch").mean <= best.get("seconds_per_epoch").mean
+            ]
+            names = ", ".join(f"`{d}`" for d in above) or "none"
+            verdict = f"one seed, so no difference is called; on these single values it is dominated by: {names}"
+        elif dominating:
+            verdict = (
+                f"dominated outside the noise by {', '.join(f'`{d}`' for d in dominating)} (more robust, no less "
+                "accurate clean, no slower)"
+            )
+        else:
+            verdict = "not dominated outside the noise by any ART trainer (robust accuracy, clean accuracy, s/epoch)"
         lines.append(f"- Best JR row at {norm_label(key)} {eps:g}: `{best.defence}` ({_cell(best, path)}): {verdict}.")
     for agg in ok:
         for key, entry in sorted(agg.standard.items()):
@@ -118,16 +130,23 @@ def recommendations(aggs: list[DefenceAggregate], protocol: dict[str, Any]) -> l
             (a for a in usable if a.get(path).mean >= CHEAP_FRACTION * best.get(path).mean),
             key=lambda a: a.get("seconds_per_epoch").mean,
         )
-        lines.append(f"- **Most robust at {label} {eps:g}:** `{best.defence}` ({_cell(best, path)}){tie_text}.")
         lines.append(
-            f"- **Cheapest robust at {label} {eps:g}:** `{cheap.defence}` ({_cell(cheap, path)} at "
+            f"- **Most robust at {label} {eps:g}:** `{best.defence}` ({_cell(best, path)}, clean "
+            f"{_cell(best, 'clean_accuracy')}){tie_text}."
+        )
+        lines.append(
+            f"- **Cheapest robust at {label} {eps:g}:** `{cheap.defence}` ({_cell(cheap, path)}, clean "
+            f"{_cell(cheap, 'clean_accuracy')}, at "
             f"{_cell(cheap, 'seconds_per_epoch', 2)} s/epoch; the cheapest with at least {CHEAP_FRACTION:.0%} of the "
             "best accuracy)."
         )
         certs = [a for a in ok if a.get(cpath) is not None]
         if certs:
             top = max(certs, key=lambda a: a.get(cpath).mean)
-            lines.append(f"- **Certifiable at {label} {cert:g}:** `{top.defence}` ({_cell(top, cpath)} certified).")
+            lines.append(
+                f"- **Certifiable at {label} {cert:g}:** `{top.defence}` ({_cell(top, cpath)} certified, clean "
+                f"{_cell(top, 'clean_accuracy')})."
+            )
     return lines
 
 
