@@ -67,3 +67,36 @@ def test_model_selection_trains_and_reports_the_chosen_architecture(tmp_path):
     assert any(isinstance(m, torch.nn.MaxPool2d) for m in outcome.model)
     with pytest.raises(ValueError, match="MaxPool2d"):  # ART's IBP converter cannot take max-pooling: stated
         train_defence(get_defence("ibp"), ctx)
+
+
+def test_cli_prints_the_headline_table(tmp_path, capsys):
+    from art_jacreg.cli import main
+
+    argv = [
+        "compare",
+        "--defences",
+        "plain",
+        "--n-train",
+        "200",
+        "--epochs",
+        "1",
+        "--n-attack",
+        "16",
+        "--attack-iter",
+        "1",
+        "--seeds",
+        "0",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        "--no-plots",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("defence"))
+    for column in ("model", "seeds", "s/epoch", "clean", "AA-fast l2 1.5", "AA-fast l∞ 0.3", "cert l2 0.3"):
+        assert column in header
+    plain = next(line for line in out.splitlines() if line.startswith("plain"))
+    assert "mnist_cnn" in plain and "±" in plain  # two seeds: mean ± std
+    assert "APGD-CE + APGD-DLR, 1 iterations each" in out and "computed 2, loaded 0" in out
