@@ -100,3 +100,18 @@ def test_cli_prints_the_headline_table(tmp_path, capsys):
     plain = next(line for line in out.splitlines() if line.startswith("plain"))
     assert "mnist_cnn" in plain and "±" in plain  # two seeds: mean ± std
     assert "APGD-CE + APGD-DLR, 1 iterations each" in out and "computed 2, loaded 0" in out
+
+
+def test_standard_autoattack_option_runs_on_the_first_seed_and_is_reported(tmp_path):
+    protocol = _tiny(seeds=(0, 1), standard_autoattack=True, n_standard=12, square_queries=5)
+    result = run_comparison(protocol, out_dir=tmp_path, quiet=True, plots=False)
+    first, second = result.row("plain", 0), result.row("plain", 1)
+    assert second["standard_autoattack"] == {}  # first seed only
+    for key, eps in (("2", 1.5), ("inf", 0.3)):
+        entry = first["standard_autoattack"][key]
+        assert entry["eps"] == eps and entry["n"] == 12 and entry["square_queries"] == 5
+        assert entry["standard"] <= entry["fast"]  # run after the fast pair: never above it
+        assert entry["extra_broken"] == round((entry["fast"] - entry["standard"]) * 12)
+    assert "AA-std l2 1.5" in result.headline() and "Square with 5 queries" in result.headline()
+    summary = result.paths["markdown"].read_text()
+    assert "## Standard AutoAttack against the fast pair (first seed)" in summary
