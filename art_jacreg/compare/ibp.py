@@ -14,7 +14,8 @@ ART's certified loss (``interval_loss_cce``) is the cross-entropy of the naive l
 logit, upper bounds of the others), not Gowal et al.'s tighter elided margin bound, so at initialisation even a tiny
 box gives a loss that the model lowers fastest by flattening its logits. ART's default schedule starts the ramp in
 the first epoch with no clean warm-up (clean 0.100 after 3 epochs); the ramp here gives 0.259 after 3 epochs (one
-clean, two ramping), the quick preset's budget. The full preset's 10 epochs ramp five times more slowly.
+clean, two ramping), the quick preset's budget. With the full preset's 10 epochs (one clean, five ramping, four at
+eps 0.1) it trains: clean 0.924 on the 1,000 test digits (198.9 s of training on a loaded 2-core machine).
 """
 
 from __future__ import annotations
