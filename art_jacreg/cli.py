@@ -208,11 +208,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.data is not None:
         _check_data(args.data)
         changes["data_path"] = str(Path(args.data).resolve())
-    for option in ("epochs", "n_train", "attack_iter", "seed"):
+    for option in ("epochs", "n_train", "attack_iter", "model", "square_queries", "standard_autoattack"):
         if getattr(args, option) is not None:
             changes[option] = getattr(args, option)
+    if args.seed is not None:
+        changes["seeds"] = (args.seed,)
+    if args.seeds is not None:
+        if len(set(args.seeds)) != len(args.seeds):
+            raise CLIError(f"--seeds: repeated seed in {' '.join(map(str, args.seeds))}; give distinct seeds")
+        changes["seeds"] = tuple(args.seeds)
     if args.n_attack is not None:
         changes.update(n_attack=args.n_attack, n_certify=args.n_attack, n_jacobian=args.n_attack)
+        changes["n_standard"] = min(args.n_attack, protocol.n_standard)
     protocol = protocol.replace(**changes)
     out = check_output_dir(args.out if args.out is not None else default_out_dir(protocol), "--out", CLIError)
     _set_threads(args)
@@ -227,10 +234,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     failed = [row["defence"] for row in result.rows if row["status"] != "ok"]
     if failed:
         print(f"{len(failed)} defence(s) failed (see their rows): {', '.join(failed)}", file=sys.stderr)
-    print(
-        f"computed {len(result.recomputed)}, loaded {len(result.rows) - len(result.recomputed)} from cache, "
-        f"{result.seconds:.0f} s"
-    )
+    print(result.headline())
+    runs = len(result.recomputed_runs)
+    print(f"computed {runs}, loaded {len(result.rows) - runs} from cache, {result.seconds:.0f} s")
     print(f"results written to: {result.out_dir.resolve()}")
     return 0
 

@@ -46,6 +46,17 @@ def _lr(text: str) -> float:
     return _positive_float(text, "learning rate")
 
 
+def _seed(text: str) -> int:
+    """Parse a seed for argparse: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seeds must be integers >= 0, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -213,17 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser(
         "compare",
         help="compare JR with ART's adversarial trainers (table + plots)",
-        description="Train every defence on the same MNIST CNN, seed, optimizer and epochs; evaluate clean, "
-        "AutoAttack and certified accuracy, Jacobian norms and generalization gaps; write summary.md, "
-        "results.json/csv and PNG plots into a results folder (printed). Results are cached per defence, so a rerun "
-        "resumes.",
+        description="Train every defence on the same MNIST CNN (--model), optimizer and epochs, once per seed "
+        "(--seeds); evaluate clean, AutoAttack and certified accuracy, Jacobian norms and generalization gaps; print "
+        "the headline table (mean ± std over seeds) and write summary.md, headline.md, results.json/csv and PNG plots "
+        "(Pareto plots per threat model) into a results folder (printed). Results are cached per (defence, seed), so "
+        "a rerun resumes.",
     )
     compare.add_argument(
         "--preset",
         choices=("quick", "full"),
         default="quick",
-        help="quick: 7 defences, 3 epochs, under 10 minutes on 2 cores (default); full: every "
-        "defence, 10 epochs, roughly 30-45 minutes",
+        help="quick: 6 defences, 1 seed, 3 epochs, under 5 minutes on 2 cores (default); full: every defence, "
+        "3 seeds, 10 epochs, standard AutoAttack at the headline eps (hours; resumable)",
     )
     compare.add_argument(
         "--defences",
@@ -233,8 +245,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--list-defences", action="store_true", help="print the defence names and exit")
     compare.add_argument(
-        "--out", metavar="DIR", default=None, help="results folder (default ./art-jacreg-results/<preset>)"
+        "--out", metavar="DIR", default=None, help="results folder (default ./art-jacreg-results/<preset>/<model>)"
     )
+    compare.add_argument(
+        "--model",
+        choices=("mnist_cnn", "mnist_maxpool_cnn"),
+        default=None,
+        help="architecture every defence trains (default mnist_cnn); run once per model into separate folders",
+    )
+    seeds = compare.add_mutually_exclusive_group()
+    seeds.add_argument(
+        "--seeds",
+        metavar="SEED",
+        type=_seed,
+        nargs="+",
+        default=None,
+        help="training seeds, e.g. --seeds 0 1 2 (explicit, distinct integers >= 0; each seed fixes the initial "
+        "weights, the data order and the attack starts; table cells are mean ± std over them)",
+    )
+    seeds.add_argument("--seed", type=_seed, default=None, help="one training seed (same as --seeds N)")
     compare.add_argument("--epochs", type=_positive_int, default=None, help="override the preset's epoch budget")
     compare.add_argument("--n-train", type=_positive_int, default=None, help="train on N digits (default: all)")
     compare.add_argument(
@@ -244,7 +273,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="override the number of attacked (and certified, and Jacobian) points",
     )
     compare.add_argument("--attack-iter", type=_positive_int, default=None, help="override APGD iterations")
-    compare.add_argument("--seed", type=int, default=None, help="override the seed (default 0)")
+    standard = compare.add_mutually_exclusive_group()
+    standard.add_argument(
+        "--standard-autoattack",
+        dest="standard_autoattack",
+        action="store_true",
+        default=None,
+        help="also run AutoAttack's standard version (APGD-CE, APGD-T, FAB-T, Square) at the headline eps on the "
+        "first seed (on by default in the full preset)",
+    )
+    standard.add_argument(
+        "--no-standard-autoattack", dest="standard_autoattack", action="store_false", help="skip the standard version"
+    )
+    compare.add_argument(
+        "--square-queries", type=_positive_int, default=None, help="query budget of Square in the standard version"
+    )
     compare.add_argument("--no-resume", action="store_true", help="recompute every defence, ignoring the cache")
     compare.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     _add_data(compare)

@@ -1,13 +1,18 @@
-"""Turn the harness's results folder (``docs/results/<preset>/``) into fragments that ``results.rst`` includes.
+"""Turn the harness's results folders (``docs/results/<preset>/<model>/``) into fragments that ``results.rst``
+includes.
 
-Called by ``conf.py`` when the builder starts. It writes, under ``docs/_generated/`` (not committed):
+Called by ``conf.py`` when the builder starts. For each model of :data:`MODELS` it writes, under
+``docs/_generated/`` (not committed):
 
-* ``results_summary.md``: the harness's ``summary.md`` (markdown headings turned into bold lines so they cannot
-  clash with the page's own sections), or a note saying the results have not been put in place yet;
-* ``results_figures.rst``: one ``.. figure::`` per PNG of the folder, in file-name order;
-* ``results_files.rst``: download links to the machine-readable files (CSV, JSON, markdown).
+* ``results_headline_<model>.md``: the harness's ``headline.md`` (the headline table), or a note;
+* ``results_summary_<model>.md``: its ``summary.md`` (markdown headings turned into bold lines so they cannot clash
+  with the page's own sections), or a note saying the results have not been put in place yet;
+* ``results_figures_<model>.rst``: one ``.. figure::`` per PNG of the folder, in file-name order;
+* ``results_files_<model>.rst``: download links to the machine-readable files (CSV, JSON, markdown).
 
-The page therefore builds, warning-free, both before and after the lead copies the results in.
+A folder in the layout before seeds and models existed (``docs/results/<preset>/summary.md``) is shown for
+``mnist_cnn`` until a new run replaces it, with a note saying so. The page therefore builds, warning-free, before and
+after the lead copies the results in.
 """
 
 from __future__ import annotations
@@ -16,7 +21,19 @@ import re
 from pathlib import Path
 
 PRESET = "full"
+MODELS = ("mnist_cnn", "mnist_maxpool_cnn")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+
+#: Captions of the plots that ``art_jacreg.compare.plots`` writes; other PNGs get one made from their file name.
+CAPTIONS = {
+    "robust_accuracy_vs_eps": "Accuracy under the fast AutoAttack pair against the radius, per defence (mean over "
+    "seeds; l2 and l-inf panels)",
+    "robust_accuracy_vs_training_time": "Pareto plots, one per threat model: training seconds per epoch against "
+    "accuracy under attack at the headline radius; error bars one std over seeds, the non-dominated defences joined, "
+    "numbers explained under the panels",
+    "certified_accuracy_vs_training_time": "Certified accuracy at the certified headline radius against training cost",
+    "jacobian_norm_vs_robust_gap": "Mean test Jacobian norm against the robust generalization gap (every seed)",
+}
 
 
 def _demote_headings(markdown: str) -> str:
@@ -27,54 +44,65 @@ def _demote_headings(markdown: str) -> str:
     return "\n".join(out) + "\n"
 
 
-#: Captions of the plots that ``art_jacreg.compare.plots`` writes; other PNGs get one made from their file name.
-CAPTIONS = {
-    "robust_accuracy_vs_eps": "Accuracy under AutoAttack against the radius, per defence (l2 and l-inf panels)",
-    "robust_accuracy_vs_training_time": "Accuracy under attack at the reference radius against training time",
-    "jacobian_norm_vs_robust_gap": "Mean test Jacobian norm against the robust generalization gap",
-}
-
-
 def _caption(path: Path) -> str:
     return CAPTIONS.get(path.stem) or path.stem.replace("_", " ").replace("-", " ").strip().capitalize()
 
 
+def _folder(docs_dir: Path, preset: str, model: str) -> tuple[Path, bool]:
+    """The results folder of a model, and whether it is the old single-seed layout."""
+    folder = docs_dir / "results" / preset / model
+    legacy = docs_dir / "results" / preset
+    if not (folder / "summary.md").is_file() and model == MODELS[0] and (legacy / "summary.md").is_file():
+        return legacy, True
+    return folder, False
+
+
+def _note(text: str) -> str:
+    return "```{note}\n" + text + "\n```\n"
+
+
 def write_results_fragments(docs_dir: Path, preset: str = PRESET) -> None:
-    """Write the three fragments for ``preset`` (see the module docstring).
+    """Write the fragments of every model for ``preset`` (see the module docstring).
 
     :param docs_dir: The ``docs/`` directory.
     :param preset: Sub-folder of ``docs/results/`` to read.
     """
-    results = docs_dir / "results" / preset
     out_dir = docs_dir / "_generated"
     out_dir.mkdir(exist_ok=True)
-
-    summary = results / "summary.md"
-    if summary.is_file():
-        text = _demote_headings(summary.read_text(encoding="utf-8"))
-    else:
-        text = (
-            "```{note}\n"
-            f"The results of the `{preset}` preset have not been added to this build yet: `docs/results/{preset}/"
-            "summary.md` is missing. Run the command above and copy its output folder there.\n"
-            "```\n"
+    for model in MODELS:
+        results, legacy = _folder(docs_dir, preset, model)
+        missing = _note(
+            f"The `{preset}` results for `{model}` have not been added to this build yet: "
+            f"`docs/results/{preset}/{model}/` is empty. Run the command above and copy its output folder there."
         )
-    _write_if_changed(out_dir / "results_summary.md", text)
+        headline = results / "headline.md"
+        if headline.is_file():
+            text = headline.read_text(encoding="utf-8")
+        elif legacy:
+            text = _note(
+                "These are the results of the earlier single-seed run (one seed, no standard AutoAttack, before the "
+                "l-inf 0.3 / l2 1.5 rows and the IBP ramp were added); its full table is below. A new run replaces "
+                "them."
+            )
+        else:
+            text = missing
+        _write_if_changed(out_dir / f"results_headline_{model}.md", text)
+        summary = results / "summary.md"
+        text = _demote_headings(summary.read_text(encoding="utf-8")) if summary.is_file() else missing
+        _write_if_changed(out_dir / f"results_summary_{model}.md", text)
 
-    figures = sorted(results.glob("*.png")) if results.is_dir() else []
-    lines = []
-    for png in figures:
-        rel = png.relative_to(docs_dir).as_posix()
-        lines += [f".. figure:: /{rel}", "   :width: 100%", "", f"   {_caption(png)}.", ""]
-    if not lines:
-        lines = [".. note::", "", f"   No figures yet (no PNG files in ``docs/results/{preset}/``).", ""]
-    _write_if_changed(out_dir / "results_figures.rst", "\n".join(lines))
+        figures = sorted(results.glob("*.png")) if results.is_dir() else []
+        lines = []
+        for png in figures:
+            rel = png.relative_to(docs_dir).as_posix()
+            lines += [f".. figure:: /{rel}", "   :width: 100%", "", f"   {_caption(png)}.", ""]
+        if not lines:
+            lines = [".. note::", "", f"   No figures yet (no PNG files in ``docs/results/{preset}/{model}/``).", ""]
+        _write_if_changed(out_dir / f"results_figures_{model}.rst", "\n".join(lines))
 
-    files = sorted(p for p in results.glob("*") if p.suffix in {".csv", ".json", ".md"}) if results.is_dir() else []
-    lines = [f"* :download:`{p.name} </{p.relative_to(docs_dir).as_posix()}>`" for p in files]
-    if not lines:
-        lines = ["* (none yet)"]
-    _write_if_changed(out_dir / "results_files.rst", "\n".join(lines) + "\n")
+        files = sorted(p for p in results.glob("*") if p.suffix in {".csv", ".json", ".md"}) if results.is_dir() else []
+        lines = [f"* :download:`{p.name} </{p.relative_to(docs_dir).as_posix()}>`" for p in files] or ["* (none yet)"]
+        _write_if_changed(out_dir / f"results_files_{model}.rst", "\n".join(lines) + "\n")
 
 
 def _write_if_changed(path: Path, text: str) -> None:

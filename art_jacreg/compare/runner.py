@@ -13,10 +13,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from art_jacreg._io import check_output_dir
-from art_jacreg.compare.defences import DefenceSpec, TrainContext, get_defence, train_defence
+from art_jacreg.compare.evaluation import EvalData, evaluate_model, load_data
 from art_jacreg.compare.plots import make_plots
-from art_jacreg.compare.protocol import EvalData, Protocol, evaluate_model, get_preset, load_data
+from art_jacreg.compare.protocol import Protocol, get_preset
+from art_jacreg.compare.registry import ADAPTATIONS, SETTINGS, DefenceSpec, get_defence
 from art_jacreg.compare.results import cache_path, config_hash, load_cached, save_cached, write_outputs
+from art_jacreg.compare.training import TrainContext, train_defence
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +30,10 @@ class ComparisonResult:
     """What :func:`run_comparison` returns.
 
     :ivar out_dir: The results folder.
-    :ivar rows: One result dict per defence, in protocol order (``status`` is ``"ok"`` or ``"error"``).
-    :ivar paths: Written files by kind (``json``, ``csv``, ``markdown`` and the plots).
-    :ivar recomputed: Names of the defences computed in this call (the others were loaded from the cache).
+    :ivar rows: One result dict per (defence, seed), in protocol order (``status`` is ``"ok"`` or ``"error"``).
+    :ivar paths: Written files by kind (``json``, ``csv``, ``markdown``, ``headline`` and the plots).
+    :ivar recomputed: Names of the defences with at least one seed computed in this call (the others were loaded
+        from the cache); :attr:`recomputed_runs` lists the (defence, seed) pairs.
     :ivar seconds: Wall-clock time of the call.
     """
 
@@ -39,40 +42,55 @@ class ComparisonResult:
     paths: dict[str, Path] = field(default_factory=dict)
     recomputed: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    recomputed_runs: list[tuple[str, int]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
 
-    def row(self, name: str) -> dict[str, Any]:
-        """The result of one defence.
+    def row(self, name: str, seed: int | None = None) -> dict[str, Any]:
+        """The result of one defence for one seed.
 
         :param name: Defence name.
+        :param seed: Training seed (default: the first seed run).
         :return: Its result dict.
-        :raises KeyError: If the defence was not part of the run.
+        :raises KeyError: If the defence (or seed) was not part of the run.
         """
         for row in self.rows:
-            if row["defence"] == name:
+            if row["defence"] == name and (seed is None or row.get("seed") == seed):
                 return row
-        raise KeyError(name)
+        raise KeyError(name if seed is None else (name, seed))
+
+    def headline(self) -> str:
+        """The headline table as plain text (what ``art-jacreg compare`` prints).
+
+        :return: The text.
+        """
+        from art_jacreg.compare.headline import headline_text
+
+        return headline_text(self.rows, self.meta)
 
 
 def default_out_dir(protocol: Protocol) -> Path:
-    """The folder a run writes to by default: ``./art-jacreg-results/<preset>`` (stable, so reruns resume).
+    """The folder a run writes to by default: ``./art-jacreg-results/<preset>/<model>`` (stable, so reruns resume).
 
     :param protocol: The protocol.
     :return: The path.
     """
-    return Path.cwd() / "art-jacreg-results" / protocol.name
+    return Path.cwd() / "art-jacreg-results" / protocol.name / protocol.model
 
 
-def _defence_config(spec: DefenceSpec, protocol: Protocol) -> dict[str, Any]:
-    return {"defence": spec.config(), "protocol": protocol.evaluation_config()}
+def _defence_config(spec: DefenceSpec, protocol: Protocol, seed: int) -> dict[str, Any]:
+    return {"defence": spec.config(), "protocol": protocol.evaluation_config(), "seed": seed}
 
 
-def _run_one(spec: DefenceSpec, protocol: Protocol, data: EvalData, verbose: bool) -> dict[str, Any]:
+def _run_one(spec: DefenceSpec, protocol: Protocol, data: EvalData, seed: int, verbose: bool) -> dict[str, Any]:
     row: dict[str, Any] = {
         "defence": spec.name,
         "description": spec.description,
         "trainer": spec.trainer,
         "norm": spec.config()["norm"],
+        "model": protocol.model,
+        "seed": seed,
         "epochs": protocol.epochs,
+        "settings": SETTINGS.get(spec.trainer, ""),
         "status": "error",
         "stage": "train",
     }
@@ -82,9 +100,10 @@ def _run_one(spec: DefenceSpec, protocol: Protocol, data: EvalData, verbose: boo
         protocol.epochs,
         protocol.batch_size,
         protocol.lr,
-        protocol.seed,
+        seed,
         protocol.train_eps(),
         verbose=False,
+        model=protocol.model,
     )
     try:
         outcome = train_defence(spec, ctx)
@@ -96,14 +115,12 @@ def _run_one(spec: DefenceSpec, protocol: Protocol, data: EvalData, verbose: boo
             seconds_per_epoch=outcome.seconds / protocol.epochs,
             stage="evaluate",
         )
-        row.update(evaluate_model(outcome.model, data, protocol, verbose=verbose))
+        row.update(evaluate_model(outcome.model, data, protocol, verbose=verbose, seed=seed))
         row["status"], row["stage"] = "ok", None
     except Exception as err:  # noqa: BLE001 - a failing defence becomes an error row, the run goes on
         logger.error("defence %s failed during %s: %s", spec.name, row["stage"], err)
         row["error"] = f"{type(err).__name__}: {err}"
         row["traceback"] = traceback.format_exc()
-        from art_jacreg.compare.defences import ADAPTATIONS
-
         row.setdefault("adaptations", list(ADAPTATIONS.get(spec.trainer, [])))
     return row
 
@@ -123,7 +140,8 @@ def run_comparison(
     :param out_dir: Results folder (default :func:`default_out_dir`); created if needed, and checked before any work
         (a file in its place, or an unwritable parent, raises ``ValueError``).
     :param defences: Override of ``protocol.defences`` (names from :func:`art_jacreg.compare.list_defences`).
-    :param resume: Load the cached result of a defence whose configuration hash matches instead of recomputing it.
+    :param resume: Load the cached result of a (defence, seed) whose configuration hash matches instead of
+        recomputing it.
     :param quiet: No progress bars, only warnings and errors logged.
     :param plots: Draw the PNG plots.
     :param threads: torch intra-op threads during the run (restored afterwards); ``None`` leaves torch's setting.
@@ -163,36 +181,39 @@ def _run(
     out = check_output_dir(out_dir if out_dir is not None else default_out_dir(protocol), "`out_dir`")
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(protocol)
-    rows, recomputed = [], []
-    bar = tqdm(specs, desc="defences", disable=quiet, unit="defence")
-    for spec in bar:
-        bar.set_postfix_str(spec.name)
-        digest = config_hash(_defence_config(spec, protocol))
-        path = cache_path(out, spec.name, digest)
+    rows, runs = [], []
+    jobs = [(spec, seed) for spec in specs for seed in protocol.seeds]
+    bar = tqdm(jobs, desc="defences x seeds", disable=quiet, unit="run")
+    for spec, seed in bar:
+        bar.set_postfix_str(f"{spec.name} seed {seed}")
+        config = _defence_config(spec, protocol, seed)
+        digest = config_hash(config)
+        path = cache_path(out, spec.name, digest, seed)
         cached = load_cached(path) if resume else None
         if cached is not None:
-            logger.info("%s: loaded from %s", spec.name, path)
+            logger.info("%s seed %d: loaded from %s", spec.name, seed, path)
             rows.append(cached)
             continue
-        row = _run_one(spec, protocol, data, verbose=False)
-        row.update(config_hash=digest, config=_defence_config(spec, protocol))
+        row = _run_one(spec, protocol, data, seed, verbose=False)
+        row.update(config_hash=digest, config=config)
         if row["status"] == "ok":
             save_cached(path, row)
         rows.append(row)
-        recomputed.append(spec.name)
-        if not quiet:
-            logger.info("%s: done (%s)", spec.name, row["status"])
+        runs.append((spec.name, seed))
+        logger.info("%s seed %d: done (%s)", spec.name, seed, row["status"])
     seconds = time.perf_counter() - start
     meta = {
         "preset": protocol.name,
-        "protocol": protocol.evaluation_config(),
+        "protocol": {**protocol.evaluation_config(), "seeds": list(protocol.seeds)},
         "defences": list(protocol.defences),
+        "seeds": list(protocol.seeds),
         "data": data.source + f"; {len(data.x_train)} training and {len(data.x_test)} test digits",
         "total_seconds": seconds,
-        "recomputed": len(recomputed),
-        "cached": len(rows) - len(recomputed),
+        "recomputed": len(runs),
+        "cached": len(rows) - len(runs),
     }
     paths = write_outputs(out, rows, meta)
     if plots:
         paths.update(make_plots(out, rows, meta))
-    return ComparisonResult(out, rows, paths, recomputed, time.perf_counter() - start)
+    recomputed = list(dict.fromkeys(name for name, _ in runs))
+    return ComparisonResult(out, rows, paths, recomputed, time.perf_counter() - start, runs, meta)
