@@ -50,10 +50,18 @@ class MaxPool2d(PiecewiseOp):
         :param x: Batch ``(N, C, H, W)``.
         :return: The windows, padded positions equal to ``-inf``.
         """
+        if self._tiles():  # windows tile the image: a reshape gives unfold's layout without copying through im2col
+            (kh, kw), (_, ho, wo) = self.kernel_size, self.out_shape
+            t = x[:, :, : ho * kh, : wo * kw].reshape(x.shape[0], x.shape[1], ho, kh, wo, kw)
+            return t.permute(0, 1, 3, 5, 2, 4).reshape(x.shape[0], x.shape[1], kh * kw, ho * wo)
         ph, pw = self.padding
         xp = F.pad(x, (pw, pw, ph, ph), value=-math.inf) if ph or pw else x
         cols = F.unfold(xp, self.kernel_size, dilation=self.dilation, stride=self.stride)
         return cols.reshape(x.shape[0], self.in_shape[0], -1, cols.shape[-1])
+
+    def _tiles(self) -> bool:
+        """Whether the windows tile the image without overlap, padding or dilation (``kernel_size == stride``)."""
+        return self.kernel_size == self.stride and self.padding == (0, 0) and self.dilation == (1, 1)
 
     def fold(self, cols: torch.Tensor) -> torch.Tensor:
         """Adjoint of :meth:`windows`: sum window entries ``(N, C, k, L)`` back onto the input ``(N, C, H, W)``.
@@ -62,8 +70,12 @@ class MaxPool2d(PiecewiseOp):
         :return: Input-shaped sums (padded positions dropped).
         """
         c, h, w = self.in_shape
-        ph, pw = self.padding
         n = cols.shape[0]
+        if self._tiles():  # the inverse of the reshape in `windows`, zeros on the rows/columns no window covers
+            (kh, kw), (_, ho, wo) = self.kernel_size, self.out_shape
+            t = cols.reshape(n, c, kh, kw, ho, wo).permute(0, 1, 4, 2, 5, 3).reshape(n, c, ho * kh, wo * kw)
+            return F.pad(t, (0, w - wo * kw, 0, h - ho * kh)) if (ho * kh, wo * kw) != (h, w) else t
+        ph, pw = self.padding
         out = F.fold(
             cols.reshape(n, -1, cols.shape[-1]),
             (h + 2 * ph, w + 2 * pw),
