@@ -63,7 +63,8 @@ def _local_families(
     net: PiecewiseLinearNetwork, pairs: _Pairs, bounds: Bounds, idx: torch.Tensor
 ) -> list[tuple[torch.Tensor, Family]]:
     """The split-and-interval family of :func:`~.local_jacobian.local_deviation_lower` evaluated on ``idx``, then
-    one lazily evaluated family per centre-and-ball candidate (the same spawn boundaries and arithmetic)."""
+    one lazily evaluated family per centre-and-ball candidate (the same spawn boundaries and arithmetic).
+    """
     s, rows = pairs.s.subset(idx), pairs.rows[idx]
     n = len(net.ops)
     spawn = {n} | {i for i, op in enumerate(net.ops) if not op.affine} if s.norm == 2 else set()
@@ -160,10 +161,14 @@ def margins_certified(
                 where[live] = torch.arange(len(live))
                 ref = where[pairs.inverse]
                 full = Bounds(
-                    [torch.where(_bcast(ref >= 0, a), b[ref.clamp(min=0)], a[pairs.inverse]) for a, b in
-                     zip(ibp.lower, crown.lower)],
-                    [torch.where(_bcast(ref >= 0, a), b[ref.clamp(min=0)], a[pairs.inverse]) for a, b in
-                     zip(ibp.upper, crown.upper)],
+                    [
+                        torch.where(_bcast(ref >= 0, a), b[ref.clamp(min=0)], a[pairs.inverse])
+                        for a, b in zip(ibp.lower, crown.lower)
+                    ],
+                    [
+                        torch.where(_bcast(ref >= 0, a), b[ref.clamp(min=0)], a[pairs.inverse])
+                        for a, b in zip(ibp.upper, crown.upper)
+                    ],
                 )
                 _run_families(net, pairs, full, method)
         low[pairs.uniq] = pairs.best
