@@ -99,3 +99,23 @@ def test_distributed_ranks_shard_and_all_gather(digits):
         torch.multiprocessing.spawn(_rank_main, args=(2, init_file, tmp, x, pred), nprocs=2, join=True)
         for rank in range(2):
             assert np.load(os.path.join(tmp, f"rank{rank}.npy")).tobytes() == reference.tobytes()
+
+
+def test_cli_certify_n_jobs_prints_the_same_summary(tmp_path, capsys):
+    from art_jacreg.cli import build_parser, main
+    from art_jacreg.models import mnist_cnn
+
+    path = tmp_path / "model.pt"
+    torch.save(mnist_cnn(seed=0).state_dict(), path)
+    outputs = []
+    for jobs in ("1", "2"):
+        args = ["certify", str(path), "--n", "8", "--batch-size", "4", "--method", "interval", "--quiet"]
+        assert main([*args, "--n-jobs", jobs]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and "median certified radius" in outputs[0]
+    for command in ("certify", "report"):
+        assert build_parser().parse_args([command, str(path), "--n-jobs", "3"]).n_jobs == 3
+        assert build_parser().parse_args([command, str(path)]).n_jobs == 1
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, str(path), "--n-jobs", "0"])
+    assert "--n-jobs" in capsys.readouterr().err
