@@ -16,8 +16,8 @@ import torch.nn.functional as F  # noqa: N812
 from test_certify_helpers import (
     CLIP,
     MEAN,
-    STD,
     NORMS,
+    STD,
     Normalized,
     _train,
     eval_points,
