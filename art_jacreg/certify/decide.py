@@ -5,7 +5,7 @@ bounds for every row. A yes/no certificate (:func:`~.certificates.certify_at`, e
 :func:`~.radius.certified_radius`) only needs to know whether that largest bound exceeds the threshold, and it does
 exactly when one of the bounds does. :func:`margins_certified` therefore evaluates the bound families from cheap to
 expensive (the global Lipschitz bound; per candidate bounds the linear relaxation, the split interval Jacobian, then
-one centre-and-ball candidate after the other; CROWN's pre-activation bounds only for the samples still open) and
+one centre-and-ball candidate after the other; CROWN's pre-activation bounds only when a sample is still open) and
 drops every (sample, row) pair as soon as one family settles it. The decision is the same as thresholding
 :func:`~.certificates.functional_lower_bounds` (each family is computed by the same code on the same inputs), only
 cheaper: a margin far from the boundary never reaches the expensive families.
@@ -45,7 +45,6 @@ class _Pairs:
 
     def __init__(self, s: InputSet, rows: torch.Tensor, value: torch.Tensor, low: torch.Tensor, thr: torch.Tensor):
         self.uniq = (low <= thr).any(dim=1).nonzero().flatten()
-        self.inverse = torch.arange(len(self.uniq))
         self.s = s.subset(self.uniq)
         self.rows = rows.expand(low.shape[0], *rows.shape[1:])[self.uniq]
         self.value, self.thr, self.best = value[self.uniq], thr[self.uniq], low[self.uniq].clone()
@@ -106,12 +105,10 @@ def _run_families(net: PiecewiseLinearNetwork, pairs: _Pairs, bounds: Bounds, me
     pairs.offer(idx, backward_lower(net, pairs.s.subset(idx), sub, pairs.rows[idx], len(net.ops), start))
     if not (pairs.s.norm == 2 or method == "linear"):
         return
-    idx = pairs.open()
-    if idx.numel() == 0:
+    local = pairs.open()
+    if local.numel() == 0:
         return
-    local = idx[(pairs.best[idx] <= pairs.thr[idx]).any(dim=1)]
-    positions = torch.searchsorted(idx, local)
-    for base, family in _local_families(net, pairs, subset_bounds(sub, positions), local):
+    for base, family in _local_families(net, pairs, subset_bounds(bounds, local), local):
         still = (pairs.best[base] <= pairs.thr[base]).any(dim=1).nonzero().flatten()
         if still.numel() == 0:
             return
@@ -150,30 +147,9 @@ def margins_certified(
         pairs = _Pairs(s, rows, value, low, thr)
         sub = s.subset(pairs.uniq)
         ibp = interval_bounds(net, sub)
-        _run_families(net, pairs, subset_bounds(ibp, pairs.inverse), method)
-        if method == "linear":
-            open_pairs = pairs.open()
-            if open_pairs.numel() > 0:
-                live = torch.unique(pairs.inverse[open_pairs])  # positions in pairs.uniq of the samples still open
-                crown = linear_bounds(net, sub.subset(live), subset_bounds(ibp, live))
-                # pairs of settled samples get their interval bounds (never used: they are not open)
-                where = torch.full((len(pairs.uniq),), -1, dtype=torch.long)
-                where[live] = torch.arange(len(live))
-                ref = where[pairs.inverse]
-                full = Bounds(
-                    [
-                        torch.where(_bcast(ref >= 0, a), b[ref.clamp(min=0)], a[pairs.inverse])
-                        for a, b in zip(ibp.lower, crown.lower)
-                    ],
-                    [
-                        torch.where(_bcast(ref >= 0, a), b[ref.clamp(min=0)], a[pairs.inverse])
-                        for a, b in zip(ibp.upper, crown.upper)
-                    ],
-                )
-                _run_families(net, pairs, full, method)
+        _run_families(net, pairs, ibp, method)
+        if method == "linear" and pairs.open().numel() > 0:
+            # CROWN on the same batch as margin_lower (its padding rows make bounds depend on the batch)
+            _run_families(net, pairs, linear_bounds(net, sub, ibp), method)
         low[pairs.uniq] = pairs.best
     return (low > thr).all(dim=1)
-
-
-def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.reshape(-1, *([1] * (like.ndim - 1)))
