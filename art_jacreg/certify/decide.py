@@ -41,20 +41,23 @@ def subset_bounds(bounds: Bounds, idx: torch.Tensor) -> Bounds:
 
 
 class _Pairs:
-    """The samples with a margin still open (each with all its rows) and the best bound found for each row."""
+    """The (sample, row) pairs still open, each a batch entry with one row (the layout of ``margin_lower``)."""
 
     def __init__(self, s: InputSet, rows: torch.Tensor, value: torch.Tensor, low: torch.Tensor, thr: torch.Tensor):
-        self.uniq = (low <= thr).any(dim=1).nonzero().flatten()
-        self.s = s.subset(self.uniq)
-        self.rows = rows.expand(low.shape[0], *rows.shape[1:])[self.uniq]
-        self.value, self.thr, self.best = value[self.uniq], thr[self.uniq], low[self.uniq].clone()
+        self.samples, self.which = (low <= thr).nonzero(as_tuple=True)
+        self.uniq, self.inverse = torch.unique(self.samples, return_inverse=True)
+        self.s = s.subset(self.samples)
+        self.rows = rows.expand(low.shape[0], *rows.shape[1:])[self.samples, self.which][:, None]
+        self.value = value[self.samples, self.which][:, None]
+        self.thr = thr[self.samples, self.which][:, None]
+        self.best = low[self.samples, self.which][:, None].clone()
 
     def open(self) -> torch.Tensor:
-        """Indices of the samples with a row not yet settled."""
+        """Indices of the pairs not yet settled."""
         return (self.best <= self.thr).any(dim=1).nonzero().flatten()
 
     def offer(self, idx: torch.Tensor, bound: torch.Tensor) -> None:
-        """Record the sound lower bounds ``bound`` ``(len(idx), M)`` of the samples ``idx``."""
+        """Record the sound lower bounds ``bound`` ``(len(idx), 1)`` of the pairs ``idx``."""
         self.best[idx] = torch.maximum(self.best[idx], bound)
 
 
@@ -147,9 +150,9 @@ def margins_certified(
         pairs = _Pairs(s, rows, value, low, thr)
         sub = s.subset(pairs.uniq)
         ibp = interval_bounds(net, sub)
-        _run_families(net, pairs, ibp, method)
+        _run_families(net, pairs, subset_bounds(ibp, pairs.inverse), method)
         if method == "linear" and pairs.open().numel() > 0:
             # CROWN on the same batch as margin_lower (its padding rows make bounds depend on the batch)
-            _run_families(net, pairs, linear_bounds(net, sub, ibp), method)
-        low[pairs.uniq] = pairs.best
+            _run_families(net, pairs, subset_bounds(linear_bounds(net, sub, ibp), pairs.inverse), method)
+        low[pairs.samples, pairs.which] = pairs.best[:, 0]
     return (low > thr).all(dim=1)
