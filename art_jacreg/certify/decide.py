@@ -88,7 +88,8 @@ def _local_families(
         def family(sub: torch.Tensor) -> torch.Tensor:  # sub indexes into idx
             c = seeds[k][0].expand(len(idx), *seeds[k][0].shape[1:])[sub]
             rho = seeds[k][1].expand(len(idx), -1)[sub]
-            b, ss = subset_bounds(bounds, sub), s.subset(sub)
+            whole = len(sub) == len(idx)  # nothing settled since the split: no copies
+            b, ss = (bounds, s) if whole else (subset_bounds(bounds, sub), s.subset(sub))
             for i in range(k - 1, -1, -1):
                 c, rho = _ball_step(net, i, b, c, rho, ss.norm)
             return pairs.value[idx[sub]] + mean_value_lower(c, torch.zeros_like(c), ss) - rho * dev_p[sub]
@@ -104,14 +105,16 @@ def _run_families(net: PiecewiseLinearNetwork, pairs: _Pairs, bounds: Bounds, me
     if idx.numel() == 0:
         return
     start = 0 if (pairs.s.norm == math.inf or method == "linear") else tail_start(net)
-    sub = subset_bounds(bounds, idx)
-    pairs.offer(idx, backward_lower(net, pairs.s.subset(idx), sub, pairs.rows[idx], len(net.ops), start))
+    whole = len(idx) == len(pairs.best)
+    sub, s = (bounds, pairs.s) if whole else (subset_bounds(bounds, idx), pairs.s.subset(idx))
+    pairs.offer(idx, backward_lower(net, s, sub, pairs.rows[idx], len(net.ops), start))
     if not (pairs.s.norm == 2 or method == "linear"):
         return
     local = pairs.open()
     if local.numel() == 0:
         return
-    for base, family in _local_families(net, pairs, subset_bounds(bounds, local), local):
+    local_bounds = bounds if len(local) == len(pairs.best) else subset_bounds(bounds, local)
+    for base, family in _local_families(net, pairs, local_bounds, local):
         still = (pairs.best[base] <= pairs.thr[base]).any(dim=1).nonzero().flatten()
         if still.numel() == 0:
             return
