@@ -154,6 +154,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
         method=args.method,
         batch_size=args.batch_size,
         verbose=not args.quiet,
+        n_jobs=args.n_jobs,
     )
     print(summary.to_text())
     return 0
@@ -171,7 +172,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     eps = args.eps if args.eps is not None else default_report_eps(args.norm)
     reporter = JacobianBoundReporter.from_classifier(classifier, verbose=not args.quiet)
     report = reporter.report(
-        x_test[: args.n], y_test[: args.n], eps, norm=args.norm, attack=args.attack, method=args.method
+        x_test[: args.n],
+        y_test[: args.n],
+        eps,
+        norm=args.norm,
+        attack=args.attack,
+        method=args.method,
+        n_jobs=args.n_jobs,
     )
     print(report.to_markdown(max_rows=args.max_rows))
     if args.csv:

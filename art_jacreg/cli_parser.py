@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method(certify)
     certify.add_argument("--n", type=_positive_int, default=200, help="number of test digits (default 200)")
     certify.add_argument("--batch-size", type=_positive_int, default=128, help="samples per batch (default 128)")
+    certify.add_argument(
+        "--n-jobs", type=_positive_int, default=1, help="processes certifying batches in parallel (default 1)"
+    )
     _add_data(certify)
     _add_common(certify)
 
@@ -209,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_method(report)
     report.add_argument("--n", type=_positive_int, default=100, help="number of test digits (default 100)")
+    report.add_argument(
+        "--n-jobs", type=_positive_int, default=1, help="processes computing the certificates in parallel (default 1)"
+    )
     report.add_argument("--max-rows", type=_positive_int, default=20, help="rows shown in the table (default 20)")
     report.add_argument("--csv", metavar="PATH", default=None, help="also write the report as CSV")
     report.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON")

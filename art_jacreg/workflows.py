@@ -183,6 +183,7 @@ def certification_summary(
     method: str = "interval",
     batch_size: int = 128,
     verbose: bool = True,
+    n_jobs: int = 1,
 ) -> CertificationSummary:
     """Certify ``x`` with :class:`~art_jacreg.reporter.JacobianBoundReporter` and summarise the radii.
 
@@ -194,13 +195,14 @@ def certification_summary(
     :param method: Certification method (``"lipschitz"``, ``"interval"``, ``"linear"``).
     :param batch_size: Samples per batch.
     :param verbose: Show progress bars.
+    :param n_jobs: Processes certifying in parallel (see :meth:`~art_jacreg.reporter.JacobianBoundReporter.certify`).
     :return: :class:`CertificationSummary`.
     """
     from art_jacreg.reporter import JacobianBoundReporter
 
     labels = _indices(y)
     reporter = JacobianBoundReporter.from_classifier(classifier, verbose=verbose)
-    pred, radius = reporter.certify(x, norm=norm, method=method, batch_size=batch_size)
+    pred, radius = reporter.certify(x, norm=norm, method=method, batch_size=batch_size, n_jobs=n_jobs)
     correct = pred == labels
     return CertificationSummary(
         n=len(x),

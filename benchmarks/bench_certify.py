@@ -14,6 +14,12 @@ deep copy re-assembled as a module whose children are only Conv2d / ReLU / Linea
 before the first Linear (ART then infers the same reshape). ART itself is not patched.
 
 Usage: ``python benchmarks/bench_certify.py [--n-points 1000] [--epochs 5] [--threads 1]``.
+
+``--speed`` prints only the speed table of issue 13 instead: ``mnist_cnn`` and ``mnist_maxpool_cnn`` (both trained
+``--epochs`` epochs), ``"interval"`` on ``--interval-points`` digits and ``"linear"`` on ``--linear-points`` digits (l2,
+one thread, extrapolated to seconds per 1,000 digits / per digit), and ``certify(..., n_jobs=2)`` against
+``n_jobs=1`` on the same batches, each next to its target with the ratio, plus the machine's load average (the
+measurements are wall-clock times).
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ import contextlib
 import copy
 import io
 import logging
+import os
 import time
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +40,7 @@ from torch import nn
 
 from art_jacreg import JacobianBoundReporter
 from art_jacreg.data import load_mnist
-from art_jacreg.models import make_classifier, mnist_cnn
+from art_jacreg.models import make_classifier, mnist_cnn, mnist_maxpool_cnn
 from art_jacreg.trainer import JacobianRegularizedTrainer
 
 MEAN, STD = 0.1307, 0.3081
@@ -72,12 +80,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--report-points", type=int, default=100, help="points for the report() summary table")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--speed", action="store_true", help="print only the speed table (issue 13 targets)")
+    parser.add_argument("--interval-points", type=int, default=200, help="--speed: digits for 'interval'")
+    parser.add_argument("--jobs-points", type=int, default=100, help="--speed: digits for the n_jobs comparison")
     return parser.parse_args()
 
 
-def train(x: np.ndarray, y: np.ndarray, epochs: int, reg_weight: float | None, seed: int) -> JacobianBoundReporter:
+def train(
+    x: np.ndarray, y: np.ndarray, epochs: int, reg_weight: float | None, seed: int, arch: Any = mnist_cnn
+) -> JacobianBoundReporter:
     torch.manual_seed(seed)
-    clf = make_classifier(mnist_cnn(seed=seed), preprocessing=(MEAN, STD))
+    clf = make_classifier(arch(seed=seed), preprocessing=(MEAN, STD))
     if reg_weight is None:
         clf.fit(x, y, nb_epochs=epochs, batch_size=128)
     else:
@@ -119,10 +132,55 @@ def pgd_accuracy(rep: JacobianBoundReporter, x: np.ndarray, y: np.ndarray, eps: 
     return float(np.mean(rep.predict(adv, batch_size=256).argmax(1) == y))
 
 
+def _timed(rep: JacobianBoundReporter, x: np.ndarray, method: str, **kwargs: Any) -> tuple[float, float, np.ndarray]:
+    """Wall-clock and CPU seconds (of this process) of one ``certify`` call, and the radii."""
+    t, c = time.perf_counter(), time.process_time()
+    _, radius = rep.certify(x, norm=2, method=method, **kwargs)
+    return time.perf_counter() - t, time.process_time() - c, radius
+
+
+def speed_table(args: argparse.Namespace) -> None:
+    """The issue-13 speed targets side by side (see the module docstring).
+
+    On a shared machine the wall-clock time grows with the load; the CPU time of the process is shown too, and the
+    ratio to the target uses it for the one-process rows (the ``n_jobs`` row compares wall-clock times).
+    """
+    (x_train, y_train), (x_test, _), _, _ = load_mnist()
+    x_train, y_train = x_train[: args.n_train], y_train[: args.n_train]
+    rows = []
+    load_before = os.getloadavg()
+    for name, arch in (("mnist_cnn", mnist_cnn), ("mnist_maxpool_cnn", mnist_maxpool_cnn)):
+        rep = train(x_train, y_train, args.epochs, None, args.seed, arch)
+        n = args.interval_points
+        wall, cpu, _ = _timed(rep, x_test[:n], "interval", batch_size=128)
+        value = f"{wall * 1000.0 / n:.1f} s wall, {cpu * 1000.0 / n:.1f} s CPU / 1000"
+        rows.append((name, f"interval, {n} digits", value, "<= 60 s / 1000", cpu * 1000.0 / n / 60.0))
+        if name == "mnist_maxpool_cnn":
+            n = args.linear_points
+            wall, cpu, _ = _timed(rep, x_test[:n], "linear", batch_size=128)
+            value = f"{wall / n:.2f} s wall, {cpu / n:.2f} s CPU / digit"
+            rows.append((name, f"linear, {n} digits", value, "<= 1 s / digit", cpu / n))
+            n = args.jobs_points
+            half = -(-n // 2)  # two batches, the same for both runs
+            t1, _, r1 = _timed(rep, x_test[:n], "interval", batch_size=half, n_jobs=1)
+            t2, _, r2 = _timed(rep, x_test[:n], "interval", batch_size=half, n_jobs=2)
+            same = "bit-identical" if r1.tobytes() == r2.tobytes() else "DIFFERENT"
+            what = f"interval n_jobs=2 vs 1, {n} digits ({same})"
+            rows.append((name, what, f"{t2:.1f} s vs {t1:.1f} s wall", "<= 0.6x", t2 / t1 / 0.6))
+    print(f"load average (1, 5, 15 min) before: {load_before}, after: {os.getloadavg()}; {os.cpu_count()} CPUs\n")
+    print("| model | measurement | time | target | ratio to target (<= 1 meets it) |")
+    print("|---|---|---|---|---|")
+    for name, what, value, target, ratio in rows:
+        print(f"| {name} | {what} | {value} | {target} | {ratio:.2f} |")
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
+    if args.speed:
+        speed_table(args)
+        return
     methods = args.methods.split(",")
     eps_lists = {"l2": [float(e) for e in args.eps_l2.split(",")], "linf": [float(e) for e in args.eps_linf.split(",")]}
     (x_train, y_train), (x_test, y_test), _, _ = load_mnist()

@@ -287,7 +287,9 @@ def test_patch_form_refuses_what_it_cannot_do():
     net = network("fcnn")  # conv, BatchNorm, ReLU, MaxPool, ...
     first_pool = next(i for i, op in enumerate(net.ops) if isinstance(op, MaxPool2d))
     assert patch_supported(net, first_pool)
-    assert not patch_supported(net, first_pool + 1)
+    assert patch_supported(net, first_pool + 1)  # MaxPool has a patch rule (tests/test_certify_patches.py)
+    first_flat = next(i for i, op in enumerate(net.ops) if len(op.out_shape) == 1)
+    assert not patch_supported(net, first_flat + 1)  # a flattening reshape has none
     assert not patch_supported(network("mlp"), 2)  # a Linear layer
     assert not patch_supported(network("cnn"), 0)
 

@@ -10,8 +10,10 @@ arithmetic than dense rows, with the same numbers (the tests compare both to flo
 
 Each operation says whether it has a patch-form rule (:meth:`~.ops.base.Op.supports_patches`) and owns it
 (:meth:`~.ops.base.Op.patch_backward`, the geometry in :class:`~.ops.patch_geometry.PatchGeometry`). Today: element-wise
-affine maps (preprocessing, BatchNorm), ``Conv2d`` with ``groups=1`` and no dilation, and ReLU. Anything else
-(MaxPool, reshapes, Linear, depthwise AvgPool) is left to the dense engine,
+affine maps (preprocessing, BatchNorm), ``Conv2d`` with any stride, padding, dilation and groups (so depthwise AvgPool
+too), ReLU, and MaxPool (its relaxation routes each coefficient to the best input of its window, a transposed
+"convolution" with a one-hot kernel that varies with the position, applied with ``fold``; the patch grows like a
+convolution's). Reshapes and Linear layers are left to the dense engine,
 :func:`~art_jacreg.certify.intervals.backward_lower`.
 """
 
@@ -76,8 +78,8 @@ def patch_lower(
     """
     if not patch_supported(net, end):
         raise ValueError(
-            f"`end`={end!r}: the operations before it are not a chain of convolutions, element-wise affines and ReLUs "
-            "on (C, H, W) tensors; use intervals.backward_lower."
+            f"`end`={end!r}: the operations before it are not a chain of convolutions, poolings, element-wise affines "
+            "and ReLUs on (C, H, W) tensors; use intervals.backward_lower."
         )
     c_end, h_end, w_end = net.ops[end - 1].out_shape
     b, m = idx.shape

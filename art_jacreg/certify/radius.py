@@ -27,6 +27,7 @@ from art_jacreg.certify.certificates import (  # noqa: F401 - the names below al
     margin_lower,
     prepare_inputs,
 )
+from art_jacreg.certify.decide import margins_certified
 from art_jacreg.certify.lipschitz import row_lipschitz
 from art_jacreg.certify.network import PiecewiseLinearNetwork
 
@@ -98,8 +99,7 @@ def certified_radius(
 
     def certified(idx: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         sub = input_set(s.x[idx], eps, s.norm, clip_values)
-        low = margin_lower(net, sub, labels[idx], method, logits[idx], slack[idx, None])
-        return (low > slack[idx, None]).all(dim=1)
+        return margins_certified(net, sub, labels[idx], method, logits[idx], slack[idx])
 
     if method == "linear":  # "linear" certifies wherever "interval" does: start from the interval radius
         r_int = certified_radius(net, s.x, labels, s.norm, clip_values, "interval", max_radius, n_bisect)

@@ -19,7 +19,7 @@ class Conv2d(AffineOp):
 
     Operator norm for l2: the smaller of the exact norm of its explicit matrix (when small) and
     :meth:`circular_spectral_bound`; for l-inf the maximum absolute row sum. Patch-form backward steps (rows kept in
-    the receptive field) for ``groups=1`` without dilation.
+    the receptive field), with any stride, padding, dilation and groups.
 
     :param weight: ``(C_out, C_in / groups, kh, kw)``.
     :param bias: ``(C_out,)`` or ``None``.
@@ -124,18 +124,25 @@ class Conv2d(AffineOp):
         return best * extra * NORM_SLACK
 
     def supports_patches(self) -> bool:  # noqa: D102
-        return self.groups == 1 and self.dilation == (1, 1)
+        return True
 
     def patch_size(self, size: Pair) -> Pair:  # noqa: D102
         kh, kw = self.weight.shape[-2:]
-        return ((size[0] - 1) * self.stride[0] + kh, (size[1] - 1) * self.stride[1] + kw)
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        return ((size[0] - 1) * sh + dh * (kh - 1) + 1, (size[1] - 1) * sw + dw * (kw - 1) + 1)
 
     def patch_backward(  # noqa: D102
         self, a: torch.Tensor, const: torch.Tensor, geometry: PatchGeometry, lower: torch.Tensor, upper: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, PatchGeometry]:
         const = self.patch_offset(a, const, geometry)
         b, rows, c_out = a.shape[:3]
-        a = F.conv_transpose2d(a.reshape(b * rows, c_out, *geometry.size), self.weight, stride=self.stride)
+        a = F.conv_transpose2d(
+            a.reshape(b * rows, c_out, *geometry.size),
+            self.weight,
+            stride=self.stride,
+            groups=self.groups,
+            dilation=self.dilation,
+        )
         geometry = geometry.through_conv((a.shape[-2], a.shape[-1]), self.stride, self.padding)
         a = a.reshape(b, rows, self.in_shape[0], *geometry.size)
         a = a * geometry.gather(torch.ones((1, 1, *self.in_shape[1:]), dtype=a.dtype))  # drop the zero padding

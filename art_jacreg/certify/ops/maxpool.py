@@ -9,6 +9,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from art_jacreg.certify._dtype import DTYPE, Shape
 from art_jacreg.certify.ops.base import NORM_SLACK, PiecewiseOp, Tensors, dual_norm
+from art_jacreg.certify.ops.patch_geometry import Pair, PatchGeometry
 
 __all__ = ["MaxPool2d", "maxpool_windows"]
 
@@ -50,10 +51,18 @@ class MaxPool2d(PiecewiseOp):
         :param x: Batch ``(N, C, H, W)``.
         :return: The windows, padded positions equal to ``-inf``.
         """
+        if self._tiles():  # windows tile the image: a reshape gives unfold's layout without copying through im2col
+            (kh, kw), (_, ho, wo) = self.kernel_size, self.out_shape
+            t = x[:, :, : ho * kh, : wo * kw].reshape(x.shape[0], x.shape[1], ho, kh, wo, kw)
+            return t.permute(0, 1, 3, 5, 2, 4).reshape(x.shape[0], x.shape[1], kh * kw, ho * wo)
         ph, pw = self.padding
         xp = F.pad(x, (pw, pw, ph, ph), value=-math.inf) if ph or pw else x
         cols = F.unfold(xp, self.kernel_size, dilation=self.dilation, stride=self.stride)
         return cols.reshape(x.shape[0], self.in_shape[0], -1, cols.shape[-1])
+
+    def _tiles(self) -> bool:
+        """Whether the windows tile the image without overlap, padding or dilation (``kernel_size == stride``)."""
+        return self.kernel_size == self.stride and self.padding == (0, 0) and self.dilation == (1, 1)
 
     def fold(self, cols: torch.Tensor) -> torch.Tensor:
         """Adjoint of :meth:`windows`: sum window entries ``(N, C, k, L)`` back onto the input ``(N, C, H, W)``.
@@ -62,8 +71,12 @@ class MaxPool2d(PiecewiseOp):
         :return: Input-shaped sums (padded positions dropped).
         """
         c, h, w = self.in_shape
-        ph, pw = self.padding
         n = cols.shape[0]
+        if self._tiles():  # the inverse of the reshape in `windows`, zeros on the rows/columns no window covers
+            (kh, kw), (_, ho, wo) = self.kernel_size, self.out_shape
+            t = cols.reshape(n, c, kh, kw, ho, wo).permute(0, 1, 4, 2, 5, 3).reshape(n, c, ho * kh, wo * kw)
+            return F.pad(t, (0, w - wo * kw, 0, h - ho * kh)) if (ho * kh, wo * kw) != (h, w) else t
+        ph, pw = self.padding
         out = F.fold(
             cols.reshape(n, -1, cols.shape[-1]),
             (h + 2 * ph, w + 2 * pw),
@@ -122,6 +135,35 @@ class MaxPool2d(PiecewiseOp):
         dom = dominated[:, None]
         rho = lip * (rho + dual_norm(torch.where(dom, 0.0, c), norm))
         return self._route(best, torch.where(dom, c, 0.0)), rho
+
+    def supports_patches(self) -> bool:  # noqa: D102
+        return True
+
+    def patch_size(self, size: Pair) -> Pair:  # noqa: D102
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        return ((size[0] - 1) * sh + dh * (kh - 1) + 1, (size[1] - 1) * sw + dw * (kw - 1) + 1)
+
+    def patch_backward(  # noqa: D102
+        self, a: torch.Tensor, const: torch.Tensor, geometry: PatchGeometry, lower: torch.Tensor, upper: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, PatchGeometry]:
+        # The relaxation of relax_backward on the patch: each output entry routes its (positive, or dominated
+        # negative) coefficient to the best input of its window, a transposed "convolution" whose one-hot kernel
+        # varies with the position; non-dominated negative coefficients multiply the window's upper bound.
+        best, _, dominated, upper_max = maxpool_windows(self, lower, upper)
+        grid = (lower.shape[0], self.in_shape[0], *self.out_shape[1:])
+        best_p = geometry.gather(best.to(a.dtype).reshape(grid)).long()
+        dom = geometry.gather(dominated.to(a.dtype).reshape(grid))
+        neg = a.clamp(max=0)
+        const = const + (neg * (1 - dom) * geometry.gather(upper_max.reshape(grid))).flatten(2).sum(-1)
+        coef = a - neg + neg * dom
+        b, rows, c, ph, pw = a.shape
+        k = self.kernel_size[0] * self.kernel_size[1]
+        cols = torch.zeros(b * rows, c, k, ph * pw, dtype=a.dtype)
+        cols.scatter_(2, best_p.reshape(b * rows, c, 1, ph * pw), coef.reshape(b * rows, c, 1, ph * pw))
+        size = self.patch_size((ph, pw))
+        a = F.fold(cols.reshape(b * rows, c * k, ph * pw), size, self.kernel_size, self.dilation, 0, self.stride)
+        geometry = geometry.through_conv(size, self.stride, self.padding)
+        return a.reshape(b, rows, c, *size), const, geometry
 
     def overlap(self) -> int:
         """Largest number of pooling windows one input belongs to."""

@@ -1,0 +1,161 @@
+"""Certification decisions that stop as soon as they are settled: whether every margin beats its threshold.
+
+:func:`~art_jacreg.certify.certificates.functional_lower_bounds` computes the *largest* of a method's sound lower
+bounds for every row. A yes/no certificate (:func:`~.certificates.certify_at`, every step of the radius search in
+:func:`~.radius.certified_radius`) only needs to know whether that largest bound exceeds the threshold, and it does
+exactly when one of the bounds does. :func:`margins_certified` therefore evaluates the bound families from cheap to
+expensive (the global Lipschitz bound; per candidate bounds the linear relaxation, the split interval Jacobian, then
+one centre-and-ball candidate after the other; CROWN's pre-activation bounds only when a sample is still open) and
+drops every (sample, row) pair as soon as one family settles it. The decision is the same as thresholding
+:func:`~.certificates.functional_lower_bounds` (each family is computed by the same code on the same inputs), only
+cheaper: a margin far from the boundary never reaches the expensive families.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from art_jacreg.certify._common import InputSet, margin_rows
+from art_jacreg.certify.intervals import Bounds, backward_lower, interval_bounds, linear_bounds
+from art_jacreg.certify.lipschitz import row_lipschitz, segment_lipschitz, tail_start
+from art_jacreg.certify.local_jacobian import _ball_step, gradient_dual_norm, mean_value_lower, pull_back
+from art_jacreg.certify.network import PiecewiseLinearNetwork
+from art_jacreg.certify.ops.base import dual_norm
+
+__all__ = ["margins_certified", "subset_bounds"]
+
+Family = Callable[[torch.Tensor], torch.Tensor]
+
+
+def subset_bounds(bounds: Bounds, idx: torch.Tensor) -> Bounds:
+    """The bounds of the batch entries ``idx``.
+
+    :param bounds: Bounds on a batch.
+    :param idx: int64 indices into the batch.
+    :return: A new :class:`~art_jacreg.certify.intervals.Bounds`.
+    """
+    return Bounds([t[idx] for t in bounds.lower], [t[idx] for t in bounds.upper])
+
+
+class _Pairs:
+    """The (sample, row) pairs still open, each a batch entry with one row (the layout of ``margin_lower``)."""
+
+    def __init__(self, s: InputSet, rows: torch.Tensor, value: torch.Tensor, low: torch.Tensor, thr: torch.Tensor):
+        self.samples, self.which = (low <= thr).nonzero(as_tuple=True)
+        self.uniq, self.inverse = torch.unique(self.samples, return_inverse=True)
+        self.s = s.subset(self.samples)
+        self.rows = rows.expand(low.shape[0], *rows.shape[1:])[self.samples, self.which][:, None]
+        self.value = value[self.samples, self.which][:, None]
+        self.thr = thr[self.samples, self.which][:, None]
+        self.best = low[self.samples, self.which][:, None].clone()
+
+    def open(self) -> torch.Tensor:
+        """Indices of the pairs not yet settled."""
+        return (self.best <= self.thr).any(dim=1).nonzero().flatten()
+
+    def offer(self, idx: torch.Tensor, bound: torch.Tensor) -> None:
+        """Record the sound lower bounds ``bound`` ``(len(idx), 1)`` of the pairs ``idx``."""
+        self.best[idx] = torch.maximum(self.best[idx], bound)
+
+
+def _local_families(
+    net: PiecewiseLinearNetwork, pairs: _Pairs, bounds: Bounds, idx: torch.Tensor
+) -> list[tuple[torch.Tensor, Family]]:
+    """The split-and-interval family of :func:`~.local_jacobian.local_deviation_lower` evaluated on ``idx``, then
+    one lazily evaluated family per centre-and-ball candidate (the same spawn boundaries and arithmetic).
+    """
+    s, rows = pairs.s.subset(idx), pairs.rows[idx]
+    n = len(net.ops)
+    spawn = {n} | {i for i, op in enumerate(net.ops) if not op.affine} if s.norm == 2 else set()
+    dev2, dev_p = s.deviation(2.0)[:, None], s.deviation(s.norm)[:, None]
+    seeds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    best = None
+    for i, c, r in pull_back(net, bounds, rows):
+        if i in spawn and i > 0:
+            seeds[i] = (c, dual_norm(r, s.norm))
+        bound = gradient_dual_norm(c, r, 2.0) * segment_lipschitz(net, 0, i, 2.0) * dev2
+        if s.norm == math.inf:
+            split_inf = gradient_dual_norm(c, r, math.inf) * segment_lipschitz(net, 0, i, math.inf) * dev_p
+            bound = torch.minimum(bound, split_inf)
+        best = bound if best is None else torch.minimum(best, bound)
+    assert best is not None
+    pairs.offer(idx, pairs.value[idx] + torch.maximum(-best, mean_value_lower(c, r, s)))
+
+    def ball(k: int) -> Family:
+        def family(sub: torch.Tensor) -> torch.Tensor:  # sub indexes into idx
+            c = seeds[k][0].expand(len(idx), *seeds[k][0].shape[1:])[sub]
+            rho = seeds[k][1].expand(len(idx), -1)[sub]
+            whole = len(sub) == len(idx)  # nothing settled since the split: no copies
+            b, ss = (bounds, s) if whole else (subset_bounds(bounds, sub), s.subset(sub))
+            for i in range(k - 1, -1, -1):
+                c, rho = _ball_step(net, i, b, c, rho, ss.norm)
+            return pairs.value[idx[sub]] + mean_value_lower(c, torch.zeros_like(c), ss) - rho * dev_p[sub]
+
+        return family
+
+    return [(idx, ball(k)) for k in sorted(seeds)]  # the cheapest first: fewer operations below k
+
+
+def _run_families(net: PiecewiseLinearNetwork, pairs: _Pairs, bounds: Bounds, method: str) -> None:
+    """Offer every family of one set of candidate bounds (indexed like the pairs) to the pairs still open."""
+    idx = pairs.open()
+    if idx.numel() == 0:
+        return
+    start = 0 if (pairs.s.norm == math.inf or method == "linear") else tail_start(net)
+    whole = len(idx) == len(pairs.best)
+    sub, s = (bounds, pairs.s) if whole else (subset_bounds(bounds, idx), pairs.s.subset(idx))
+    pairs.offer(idx, backward_lower(net, s, sub, pairs.rows[idx], len(net.ops), start))
+    if not (pairs.s.norm == 2 or method == "linear"):
+        return
+    local = pairs.open()
+    if local.numel() == 0:
+        return
+    local_bounds = bounds if len(local) == len(pairs.best) else subset_bounds(bounds, local)
+    for base, family in _local_families(net, pairs, local_bounds, local):
+        still = (pairs.best[base] <= pairs.thr[base]).any(dim=1).nonzero().flatten()
+        if still.numel() == 0:
+            return
+        pairs.offer(base[still], family(still))
+
+
+def margins_certified(
+    net: PiecewiseLinearNetwork,
+    s: InputSet,
+    labels: torch.Tensor,
+    method: str,
+    logits: torch.Tensor,
+    slack: torch.Tensor,
+) -> torch.Tensor:
+    """Whether every margin ``f_y - f_j`` (``j != y``) has a sound lower bound above ``slack`` over the set.
+
+    Equal to ``(margin_lower(net, s, labels, method, logits, slack[:, None]) > slack[:, None]).all(1)``
+    (:func:`~.certificates.margin_lower`), but every (sample, row) pair stops at the first bound family that
+    settles it (see the module docstring).
+
+    :param net: The network.
+    :param s: The input set.
+    :param labels: int64 ``(B,)``.
+    :param method: ``"lipschitz"``, ``"interval"`` or ``"linear"``.
+    :param logits: ``f(x)`` ``(B, K)``, float64.
+    :param slack: ``(B,)`` thresholds.
+    :return: Bool ``(B,)``.
+    """
+    rows, _ = margin_rows(labels, net.num_classes)
+    thr = slack[:, None].expand(-1, rows.shape[1])
+    with torch.no_grad():
+        value = (rows * logits[:, None]).sum(-1)
+        low = value - s.eps[:, None] * row_lipschitz(net, rows, s.norm)
+        if method == "lipschitz" or bool((low > thr).all()):
+            return (low > thr).all(dim=1)
+        pairs = _Pairs(s, rows, value, low, thr)
+        sub = s.subset(pairs.uniq)
+        ibp = interval_bounds(net, sub)
+        _run_families(net, pairs, subset_bounds(ibp, pairs.inverse), method)
+        if method == "linear" and pairs.open().numel() > 0:
+            # CROWN on the same batch as margin_lower (its padding rows make bounds depend on the batch)
+            _run_families(net, pairs, subset_bounds(linear_bounds(net, sub, ibp), pairs.inverse), method)
+        low[pairs.samples, pairs.which] = pairs.best[:, 0]
+    return (low > thr).all(dim=1)
