@@ -30,8 +30,8 @@ from art.estimators.classification.pytorch import PyTorchClassifier
 from art_jacreg import _art
 from art_jacreg._validate import check_clip_range
 from art_jacreg.training import batches, checks, preflight
-from art_jacreg.training.loop import TrainingLoop, accuracy
 from art_jacreg.training.jr_variants import VariantObjective, check_variant_settings
+from art_jacreg.training.loop import TrainingLoop, accuracy
 from art_jacreg.training.objectives import JacobianRegularizedObjective, check_jacobian_settings, cross_entropy_like
 from art_jacreg.training.randomness import training_generators
 
@@ -64,6 +64,7 @@ def default_reg_weight(norm: float, target: str = "logits") -> float:
     if target == "logits":
         return DEFAULT_REG_WEIGHTS[norm]
     return DEFAULT_TARGET_REG_WEIGHTS[(target, norm)]
+
 
 #: ``fit``'s batch size and number of epochs when neither the call nor the constructor gives them.
 DEFAULT_BATCH_SIZE, DEFAULT_NB_EPOCHS = 128, 20

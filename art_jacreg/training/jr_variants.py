@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from art_jacreg.training.checks import check_logits
 from art_jacreg.training.loop import Forward, ObjectiveOutput
 from art_jacreg.training.objectives import JacobianRegularizedObjective
+from art_jacreg.training.perturbations import direction, perturb
 
 __all__ = [
     "TARGETS",
@@ -51,7 +52,6 @@ __all__ = [
     "per_sample_scalar",
     "input_gradient_penalty",
     "finite_difference_penalty",
-    "perturb",
     "warmup_factor",
     "VariantObjective",
 ]
@@ -62,8 +62,6 @@ TARGETS = ("logits", "loss", "margin")
 PERTURBATIONS = ("random", "fgsm")
 #: Values of ``perturbed_terms``.
 PERTURBED_TERMS = ("both", "regularizer")
-#: FGSM step size as a multiple of ``eps`` (Wong et al. 2020).
-FGSM_STEP = 1.25
 
 
 def check_variant_settings(
@@ -108,9 +106,13 @@ def check_variant_settings(
         eps = float(eps)
     needs_eps = perturbation is not None or finite_difference
     if needs_eps and eps is None:
-        raise ValueError("`eps` (the radius in raw input units) is required with `perturbation` or `finite_difference`.")
+        raise ValueError(
+            "`eps` (the radius in raw input units) is required with `perturbation` or `finite_difference`."
+        )
     if not needs_eps and eps is not None:
-        raise ValueError(f"`eps`={eps!r} is only used with `perturbation` or `finite_difference=True`; set one or eps=None.")
+        raise ValueError(
+            f"`eps`={eps!r} is only used with `perturbation` or `finite_difference=True`; set one or eps=None."
+        )
     if finite_difference and target == "logits":
         raise ValueError('`finite_difference=True` needs target="loss" or target="margin" (a per-sample scalar).')
     if isinstance(reg_warmup_epochs, bool) or not isinstance(reg_warmup_epochs, numbers.Integral):
@@ -148,7 +150,9 @@ def _dual_norm(g: torch.Tensor, norm: float) -> torch.Tensor:
     return flat.pow(2).sum(dim=1) if norm == 2 else flat.abs().sum(dim=1)
 
 
-def input_gradient_penalty(x: torch.Tensor, values: torch.Tensor, norm: float, create_graph: bool = True) -> torch.Tensor:
+def input_gradient_penalty(
+    x: torch.Tensor, values: torch.Tensor, norm: float, create_graph: bool = True
+) -> torch.Tensor:
     """``||grad_x s||_2^2`` (``norm=2``) or ``||grad_x s||_1`` (``norm=inf``) per sample.
 
     :param x: Input batch that requires grad.
@@ -159,14 +163,6 @@ def input_gradient_penalty(x: torch.Tensor, values: torch.Tensor, norm: float, c
     """
     (g,) = torch.autograd.grad(values.sum(), x, create_graph=create_graph, retain_graph=True)
     return _dual_norm(g, norm)
-
-
-def _direction(g: torch.Tensor, norm: float) -> torch.Tensor:
-    """Unit steepest-ascent direction of a gradient: ``g / ||g||_2`` (l2) or ``sign(g)`` (l-inf)."""
-    if norm == 2:
-        length = g.flatten(1).norm(dim=1).clamp_min(1e-12)
-        return g / length.view(-1, *([1] * (g.dim() - 1)))
-    return g.sign()
 
 
 def finite_difference_penalty(
@@ -184,64 +180,9 @@ def finite_difference_penalty(
     :return: ``((s(x + eps d) - s(x)) / eps)^2`` (l2) or ``|s(x + eps d) - s(x)| / eps`` (l-inf), ``(B,)``.
     """
     (g,) = torch.autograd.grad(values.sum(), x, retain_graph=True)
-    x_step = x.detach() + step * _direction(g, norm)
+    x_step = x.detach() + step * direction(g, norm)
     diff = (per_sample_scalar(target, forward(x_step), y) - values) / step
     return diff.pow(2) if norm == 2 else diff.abs()
-
-
-def _clip(x: torch.Tensor, clip_values: Any) -> torch.Tensor:
-    if clip_values is None:
-        return x
-    low = torch.as_tensor(clip_values[0], dtype=x.dtype, device=x.device)
-    high = torch.as_tensor(clip_values[1], dtype=x.dtype, device=x.device)
-    return torch.maximum(torch.minimum(x, high), low)
-
-
-def _project(delta: torch.Tensor, norm: float, eps: float) -> torch.Tensor:
-    if norm == 2:
-        length = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-        scale = (eps / length).clamp(max=1.0)
-        return delta * scale.view(-1, *([1] * (delta.dim() - 1)))
-    return delta.clamp(-eps, eps)
-
-
-def perturb(
-    forward: Forward,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    norm: float,
-    eps: float,
-    kind: str,
-    clip_values: Any,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """A cheap perturbed copy of ``x`` in the ``eps`` ball, clipped to ``clip_values`` (detached).
-
-    :param forward: Map from an input batch to logits (used by ``"fgsm"``).
-    :param x: Input batch.
-    :param y: Class indices.
-    :param norm: ``2.0`` or ``math.inf``.
-    :param eps: Radius (raw input units).
-    :param kind: ``"random"`` or ``"fgsm"`` (random start plus one step of ``1.25 eps``, projected).
-    :param clip_values: ``(min, max)`` of the inputs, or ``None``.
-    :param generator: Random generator of the start.
-    :return: Tensor shaped like ``x``, no graph.
-    """
-    x = x.detach()
-    if norm == 2:
-        direction = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-        direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-        radius = torch.rand((x.shape[0],), generator=generator, dtype=x.dtype) * eps
-        delta = (direction * radius.view(-1, *([1] * (x.dim() - 1)))).to(x.device)
-    else:
-        delta = ((torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1) * eps).to(x.device)
-    delta = _clip(x + delta, clip_values) - x
-    if kind == "fgsm":
-        x_start = (x + delta).requires_grad_(True)
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(F.cross_entropy(forward(x_start), y), x_start)
-        delta = _project(delta + FGSM_STEP * eps * _direction(g, norm), norm, eps)
-    return _clip(x + delta, clip_values).detach()
 
 
 def warmup_factor(epoch: int, warmup_epochs: int) -> float:
