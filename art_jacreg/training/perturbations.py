@@ -73,10 +73,10 @@ def perturb(
     """
     x = x.detach()
     if norm == 2:
-        direction = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-        direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+        unit = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        unit = unit / unit.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
         radius = torch.rand((x.shape[0],), generator=generator, dtype=x.dtype) * eps
-        delta = (direction * radius.view(-1, *([1] * (x.dim() - 1)))).to(x.device)
+        delta = (unit * radius.view(-1, *([1] * (x.dim() - 1)))).to(x.device)
     else:
         delta = ((torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1) * eps).to(x.device)
     delta = _clip(x + delta, clip_values) - x
