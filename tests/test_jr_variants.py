@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from art_jacreg.models import make_classifier, mnist_mlp
-from art_jacreg.trainer import DEFAULT_REG_WEIGHTS, DEFAULT_TARGET_REG_WEIGHTS, JacobianRegularizedTrainer
+from art_jacreg.trainer import DEFAULT_REG_WEIGHTS, JacobianRegularizedTrainer
 from art_jacreg.training.jr_variants import (
     VariantObjective,
     finite_difference_penalty,
@@ -210,12 +210,12 @@ def test_variants_backward_under_ddp(kwargs, monkeypatch) -> None:
         ({"perturbation": "fgsm", "eps": "1"}, TypeError, "eps"),
         ({"perturbation": "fgsm", "eps": 0.1, "perturbed_terms": "ce"}, ValueError, "perturbed_terms"),
         ({"finite_difference": True, "eps": 0.1}, ValueError, "finite_difference"),
-        ({"target": "loss", "finite_difference": 1, "eps": 0.1}, TypeError, "finite_difference"),
-        ({"target": "loss", "finite_difference": True}, ValueError, "eps"),
+        ({"target": "loss", "reg_weight": 1.0, "finite_difference": 1, "eps": 0.1}, TypeError, "finite_difference"),
+        ({"target": "loss", "finite_difference": True, "reg_weight": 1.0}, ValueError, "eps"),
         ({"reg_warmup_epochs": -1}, ValueError, "reg_warmup_epochs"),
         ({"reg_warmup_epochs": 1.5}, TypeError, "reg_warmup_epochs"),
-        ({"target": "loss", "n_projections": 4}, ValueError, "n_projections"),
-        ({"target": "margin", "norm": "inf", "n_rows": 2}, ValueError, "n_rows"),
+        ({"target": "loss", "reg_weight": 1.0, "n_projections": 4}, ValueError, "n_projections"),
+        ({"target": "margin", "reg_weight": 1.0, "norm": "inf", "n_rows": 2}, ValueError, "n_rows"),
     ],
 )
 def test_bad_variant_options_are_rejected(kwargs, error, name) -> None:
@@ -233,10 +233,17 @@ def test_target_defaults_and_set_params() -> None:
         None,
     )
     assert trainer.reg_weight == DEFAULT_REG_WEIGHTS[2.0]
-    trainer.set_params(target="loss")
-    assert trainer.reg_weight == DEFAULT_TARGET_REG_WEIGHTS[("loss", 2.0)]
+    # No default weight for the loss / margin targets: a clear error, nothing changed.
+    with pytest.raises(ValueError, match="reg_weight"):
+        trainer.set_params(target="loss")
+    assert trainer.target == "logits" and trainer.reg_weight == DEFAULT_REG_WEIGHTS[2.0]
+    with pytest.raises(ValueError, match="reg_weight.*margin"):
+        JacobianRegularizedTrainer(clf, target="margin")
+    trainer.set_params(target="loss", reg_weight=3.0)
+    assert trainer.reg_weight == 3.0
+    trainer.set_params(target="logits", reg_weight=None)
     trainer.set_params(norm="inf")
-    assert trainer.reg_weight == DEFAULT_TARGET_REG_WEIGHTS[("loss", np.inf)]
+    assert trainer.reg_weight == DEFAULT_REG_WEIGHTS[np.inf]
     with pytest.raises(ValueError, match="eps"):
         trainer.set_params(perturbation="fgsm")
     assert trainer.perturbation is None  # nothing changed on error
@@ -267,8 +274,8 @@ def test_trainer_warmup_history_and_compute_regularizer() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"target": "margin", "finite_difference": True, "eps": 1.0},
-        {"norm": "inf", "target": "loss", "perturbation": "fgsm", "eps": 0.1},
+        {"target": "margin", "reg_weight": 0.1, "finite_difference": True, "eps": 1.0},
+        {"norm": "inf", "target": "loss", "reg_weight": 0.1, "perturbation": "fgsm", "eps": 0.1},
         {"perturbation": "random", "eps": 1.0, "perturbed_terms": "regularizer"},
     ],
 )
