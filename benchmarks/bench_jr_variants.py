@@ -52,6 +52,9 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "jr-0.1+fgsm": ("jr", {"reg_weight": 0.1, "perturbation": "fgsm", "eps": EPS_L2}),
     "jr-0.1+fgsm-warm3": ("jr", {"reg_weight": 0.1, "perturbation": "fgsm", "eps": EPS_L2, "reg_warmup_epochs": 3}),
     "fd-loss-l2-10": ("jr", {"target": "loss", "finite_difference": True, "eps": EPS_L2, "reg_weight": 10.0}),
+    "fgsm-l2-e2.5": ("jr", {"reg_weight": 0.0, "perturbation": "fgsm", "eps": 2.5}),
+    "jr-0.01+fgsm-e2.5": ("jr", {"reg_weight": 0.01, "perturbation": "fgsm", "eps": 2.5}),
+    "jr-0.003+fgsm-e2.5": ("jr", {"reg_weight": 0.003, "perturbation": "fgsm", "eps": 2.5}),
     "jr-0.01+random": ("jr", {"reg_weight": 0.01, "perturbation": "random", "eps": EPS_L2}),
     "jr-0.03+fgsm-reg": (
         "jr",
