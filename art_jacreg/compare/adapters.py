@@ -33,6 +33,7 @@ def _threat_norm(spec: DefenceSpec) -> float:
         raise ValueError(f"`norm` of defence {spec.name!r} must be 2.0 or inf for trainer {spec.trainer!r}, got None.")
     return spec.norm
 
+
 _PGD7 = "PGD-7 with step 2.5 eps/7 (Madry et al. 2018 use PGD-40 on MNIST; 7 steps is the shared cost budget)"
 
 
@@ -184,6 +185,8 @@ def _train_jr(spec: DefenceSpec, ctx: Any, model: Any) -> dict[str, Any]:
     if spec.norm == np.inf:
         params = {"reg_weight": spec.params.get("reg_weight"), "n_rows": spec.params.get("n_rows", 1)}
     extra = {k: v for k, v in spec.params.items() if k not in ("reg_weight", "n_projections", "n_rows")}
-    trainer = JacobianRegularizedTrainer(clf, norm=_threat_norm(spec), seed=ctx.seed, verbose=ctx.verbose, **params, **extra)
+    trainer = JacobianRegularizedTrainer(
+        clf, norm=_threat_norm(spec), seed=ctx.seed, verbose=ctx.verbose, **params, **extra
+    )
     trainer.fit(ctx.x, ctx.y, batch_size=ctx.batch_size, nb_epochs=ctx.epochs)
     return {**params, **extra, "reg_weight": trainer.reg_weight}

@@ -126,7 +126,9 @@ def recommendations(aggs: list[DefenceAggregate], protocol: dict[str, Any]) -> l
             continue
         best = max(usable, key=lambda a: a.require(path).mean)
         ties = [a.defence for a in usable if a is not best and compare(a.get(path), best.get(path)) == "≈"]
-        tie_text = f" (within the noise: {', '.join(f'`{t}`' for t in ties)})" if ties and best.require(path).n > 1 else ""
+        tie_text = (
+            f" (within the noise: {', '.join(f'`{t}`' for t in ties)})" if ties and best.require(path).n > 1 else ""
+        )
         cheap = min(
             (a for a in usable if a.require(path).mean >= CHEAP_FRACTION * best.require(path).mean),
             key=lambda a: a.require("seconds_per_epoch").mean,
