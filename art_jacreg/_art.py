@@ -283,7 +283,7 @@ def preserved_model_state(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         for p, flag, (grad, values) in zip(params, flags, grads):
             if p.requires_grad != flag:
                 p.requires_grad_(flag)
-            if grad is None:
+            if grad is None or values is None:
                 p.grad = None
             else:
                 with torch.no_grad():

@@ -328,7 +328,7 @@ class BoundReport:
         """
         with open(path, encoding="utf-8") as handle:
             payload = json.load(handle)
-        data = {}
+        data: dict[str, Any] = {}
         for name, values in payload["data"].items():
             dtype = _DTYPES.get(name, np.float64)
             if dtype is np.float64:

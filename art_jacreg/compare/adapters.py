@@ -21,6 +21,19 @@ from art_jacreg.compare.registry import DefenceSpec, adapter
 
 __all__: list[str] = []
 
+
+def _threat_norm(spec: DefenceSpec) -> float:
+    """The norm a defence trains against, required by every adapter but ``plain``.
+
+    :param spec: The defence.
+    :return: ``spec.norm``.
+    :raises ValueError: If ``spec.norm`` is ``None``.
+    """
+    if spec.norm is None:
+        raise ValueError(f"`norm` of defence {spec.name!r} must be 2.0 or inf for trainer {spec.trainer!r}, got None.")
+    return spec.norm
+
+
 _PGD7 = "PGD-7 with step 2.5 eps/7 (Madry et al. 2018 use PGD-40 on MNIST; 7 steps is the shared cost budget)"
 
 
@@ -82,7 +95,7 @@ def _train_pgd(spec: DefenceSpec, ctx: Any, model: Any) -> dict[str, Any]:
     clf = classifier(model, ctx)
     eps = training_eps(spec, ctx)
     max_iter = spec.params.get("max_iter", 7)
-    attack = pgd_attack(clf, spec.norm, eps, max_iter)
+    attack = pgd_attack(clf, _threat_norm(spec), eps, max_iter)
     AdversarialTrainer(clf, attack, ratio=1.0).fit(ctx.x, ctx.y, batch_size=ctx.batch_size, nb_epochs=ctx.epochs)
     return {"max_iter": max_iter, "eps_step": 2.5 * eps / max_iter}
 
@@ -101,7 +114,7 @@ def _train_trades(spec: DefenceSpec, ctx: Any, model: Any) -> dict[str, Any]:
 
     clf = classifier(NonSequential.wrap(model), ctx)
     max_iter, beta = spec.params.get("max_iter", 7), spec.params.get("beta", 6.0)
-    attack = pgd_attack(clf, spec.norm, training_eps(spec, ctx), max_iter)
+    attack = pgd_attack(clf, _threat_norm(spec), training_eps(spec, ctx), max_iter)
     AdversarialTrainerTRADESPyTorch(clf, attack, beta=beta).fit(
         ctx.x, ctx.y, batch_size=ctx.batch_size, nb_epochs=ctx.epochs
     )
@@ -152,7 +165,7 @@ def _train_awp(spec: DefenceSpec, ctx: Any, model: Any) -> dict[str, Any]:
     proxy = classifier(proxy_model, ctx, optimizer=torch.optim.SGD(proxy_model.parameters(), lr=0.01))
     max_iter = spec.params.get("max_iter", 7)
     gamma, warmup = spec.params.get("gamma", 0.005), spec.params.get("warmup", 0)
-    attack = pgd_attack(clf, spec.norm, training_eps(spec, ctx), max_iter)
+    attack = pgd_attack(clf, _threat_norm(spec), training_eps(spec, ctx), max_iter)
     trainer = AdversarialTrainerAWPPyTorch(clf, proxy, attack, mode="PGD", gamma=gamma, beta=6.0, warmup=warmup)
     with tempfile.TemporaryDirectory(prefix="art-jacreg-awp-") as tmp, art_data_path(tmp):
         trainer.fit(ctx.x, ctx.y, batch_size=ctx.batch_size, nb_epochs=ctx.epochs)
@@ -172,6 +185,8 @@ def _train_jr(spec: DefenceSpec, ctx: Any, model: Any) -> dict[str, Any]:
     if spec.norm == np.inf:
         params = {"reg_weight": spec.params.get("reg_weight"), "n_rows": spec.params.get("n_rows", 1)}
     extra = {k: v for k, v in spec.params.items() if k not in ("reg_weight", "n_projections", "n_rows")}
-    trainer = JacobianRegularizedTrainer(clf, norm=spec.norm, seed=ctx.seed, verbose=ctx.verbose, **params, **extra)
+    trainer = JacobianRegularizedTrainer(
+        clf, norm=_threat_norm(spec), seed=ctx.seed, verbose=ctx.verbose, **params, **extra
+    )
     trainer.fit(ctx.x, ctx.y, batch_size=ctx.batch_size, nb_epochs=ctx.epochs)
     return {**params, **extra, "reg_weight": trainer.reg_weight}

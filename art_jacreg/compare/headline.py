@@ -59,6 +59,18 @@ class DefenceAggregate:
         """
         return self.metrics.get(path)
 
+    def require(self, path: str) -> Estimate:
+        """The estimate of a metric path that the caller has checked is present.
+
+        :param path: e.g. ``"robust_accuracy/2/1.5"``.
+        :return: The estimate.
+        :raises KeyError: When the defence has no estimate for ``path``.
+        """
+        estimate = self.metrics.get(path)
+        if estimate is None:
+            raise KeyError(f"defence {self.defence!r} has no estimate for metric path {path!r}")
+        return estimate
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form.
 
@@ -121,7 +133,7 @@ def aggregate_rows(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[Def
             first.get("norm"),
             first.get("train_eps"),
             first.get("model", meta["protocol"].get("model", "mnist_cnn")),
-            [r.get("seed") for r in ok],
+            [r["seed"] for r in ok],
             [
                 f"seed {r.get('seed')} ({r.get('stage', '?')}): {r.get('error', '')}"
                 for r in group
@@ -159,7 +171,11 @@ def headline_columns(protocol: dict[str, Any], standard: bool) -> list[tuple[str
     """
 
     def est(path: str, digits: int = 3) -> Callable[[DefenceAggregate], str]:
-        return lambda a: a.get(path).text(digits) if a.get(path) is not None else "–"
+        def cell(a: DefenceAggregate) -> str:
+            estimate = a.get(path)
+            return estimate.text(digits) if estimate is not None else "–"
+
+        return cell
 
     def std(key: str) -> Callable[[DefenceAggregate], str]:
         return lambda a: f"{a.standard[key]['standard']:.3f}" if key in a.standard else "–"

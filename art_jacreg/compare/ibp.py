@@ -145,6 +145,8 @@ def copy_back(ibp_clf: Any, seq: Any, x_check: np.ndarray) -> None:
     with torch.no_grad():
         for dst, src in zip(targets, sources):
             if isinstance(dst, nn.Conv2d):
+                if dst.bias is None:
+                    raise RuntimeError(f"IBP training needs biased convolutions, got {dst} without a bias.")
                 dst.weight.copy_(src.conv.weight.reshape(dst.weight.shape))
                 dst.bias.copy_(src.bias_to_grad)
             else:

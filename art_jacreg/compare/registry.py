@@ -54,7 +54,12 @@ class DefenceSpec:
         :return: A JSON-serialisable dict.
         """
         norm = None if self.norm is None else norm_key(self.norm)
-        out = {"name": self.name, "trainer": self.trainer, "norm": norm, "params": dict(sorted(self.params.items()))}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "trainer": self.trainer,
+            "norm": norm,
+            "params": dict(sorted(self.params.items())),
+        }
         if self.eps is not None:
             out["eps"] = float(self.eps)
         return out

@@ -113,7 +113,7 @@ def compare(a: Estimate | None, b: Estimate | None) -> str:
     :param b: Second estimate.
     :return: The symbol.
     """
-    if not differs(a, b):
+    if a is None or b is None or not differs(a, b):
         return "≈"
     return ">" if a.mean > b.mean else "<"
 

@@ -5,6 +5,7 @@ norms and generalization gaps, and the adaptations and settings of every defence
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -54,29 +55,29 @@ def findings(aggs: list[DefenceAggregate], protocol: dict[str, Any]) -> list[str
     for key, eps in (("2", protocol["headline_eps_l2"]), ("inf", protocol["headline_eps_linf"])):
         path = f"robust_accuracy/{key}/{eps:g}"
         usable = [a for a in ok if a.get(path) is not None]
-        front = pareto_front([(a.get("seconds_per_epoch").mean, a.get(path).mean) for a in usable])
-        names = ", ".join(f"`{usable[i].defence}` ({usable[i].get(path).mean:.3f})" for i in front)
+        front = pareto_front([(a.require("seconds_per_epoch").mean, a.require(path).mean) for a in usable])
+        names = ", ".join(f"`{usable[i].defence}` ({usable[i].require(path).mean:.3f})" for i in front)
         lines.append(f"- **Pareto front, {norm_label(key)} {eps:g}** (s/epoch against AA-fast, means): {names}.")
         jr = [a for a in usable if a.trainer == "jr"]
         if not jr:
             continue
-        best = max(jr, key=lambda a: a.get(path).mean)
+        best = max(jr, key=lambda a: a.require(path).mean)
         dominating = [
             a.defence
             for a in usable
             if a.trainer not in ("jr", "plain")
             and compare(a.get(path), best.get(path)) == ">"
             and compare(a.get("clean_accuracy"), best.get("clean_accuracy")) != "<"
-            and a.get("seconds_per_epoch").mean <= best.get("seconds_per_epoch").mean
+            and a.require("seconds_per_epoch").mean <= best.require("seconds_per_epoch").mean
         ]
-        if best.get(path).n < 2:
+        if best.require(path).n < 2:
             above = [
                 a.defence
                 for a in usable
                 if a.trainer not in ("jr", "plain")
-                and a.get(path).mean > best.get(path).mean
-                and a.get("clean_accuracy").mean >= best.get("clean_accuracy").mean
-                and a.get("seconds_per_epoch").mean <= best.get("seconds_per_epoch").mean
+                and a.require(path).mean > best.require(path).mean
+                and a.require("clean_accuracy").mean >= best.require("clean_accuracy").mean
+                and a.require("seconds_per_epoch").mean <= best.require("seconds_per_epoch").mean
             ]
             names = ", ".join(f"`{d}`" for d in above) or "none"
             verdict = f"one seed, so no difference is called; on these single values it is dominated by: {names}"
@@ -123,12 +124,14 @@ def recommendations(aggs: list[DefenceAggregate], protocol: dict[str, Any]) -> l
         usable = [a for a in ok if a.get(path) is not None]
         if not usable:
             continue
-        best = max(usable, key=lambda a: a.get(path).mean)
+        best = max(usable, key=lambda a: a.require(path).mean)
         ties = [a.defence for a in usable if a is not best and compare(a.get(path), best.get(path)) == "≈"]
-        tie_text = f" (within the noise: {', '.join(f'`{t}`' for t in ties)})" if ties and best.get(path).n > 1 else ""
+        tie_text = (
+            f" (within the noise: {', '.join(f'`{t}`' for t in ties)})" if ties and best.require(path).n > 1 else ""
+        )
         cheap = min(
-            (a for a in usable if a.get(path).mean >= CHEAP_FRACTION * best.get(path).mean),
-            key=lambda a: a.get("seconds_per_epoch").mean,
+            (a for a in usable if a.require(path).mean >= CHEAP_FRACTION * best.require(path).mean),
+            key=lambda a: a.require("seconds_per_epoch").mean,
         )
         lines.append(
             f"- **Most robust at {label} {eps:g}:** `{best.defence}` ({_cell(best, path)}, clean "
@@ -142,7 +145,7 @@ def recommendations(aggs: list[DefenceAggregate], protocol: dict[str, Any]) -> l
         )
         certs = [a for a in ok if a.get(cpath) is not None]
         if certs:
-            top = max(certs, key=lambda a: a.get(cpath).mean)
+            top = max(certs, key=lambda a: a.require(cpath).mean)
             lines.append(
                 f"- **Certifiable at {label} {cert:g}:** `{top.defence}` ({_cell(top, cpath)} certified, clean "
                 f"{_cell(top, 'clean_accuracy')})."
@@ -268,7 +271,7 @@ def _generalization(rows: list[dict[str, Any]], aggs: list[DefenceAggregate], p:
         group = [r for r in rows if r["defence"] == a.defence]
         cell = [a.defence]
         for _, keys in paths:
-            est = aggregate(group, lambda r, keys=keys: _dig(r, keys))
+            est = aggregate(group, functools.partial(_dig, keys=keys))
             cell.append(f"{est.mean:.3g}" if est is not None else "–")
         cells.append(cell)
     return lines + _table(["defence", *(h for h, _ in paths)], cells) + [""]

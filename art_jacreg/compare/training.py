@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -19,7 +18,14 @@ logger = logging.getLogger(__name__)
 __all__ = ["MODELS", "TrainContext", "TrainOutcome", "model_factory", "train_defence"]
 
 
-def _models() -> dict[str, Callable[[int], Any]]:
+class ModelFactory(Protocol):
+    """A model constructor of :mod:`art_jacreg.models`: ``f(seed=...) -> nn.Sequential``."""
+
+    def __call__(self, seed: int | None = ...) -> Any:  # noqa: D102
+        ...
+
+
+def _models() -> dict[str, ModelFactory]:
     from art_jacreg.models import mnist_cnn, mnist_maxpool_cnn
 
     return {"mnist_cnn": mnist_cnn, "mnist_maxpool_cnn": mnist_maxpool_cnn}
@@ -29,7 +35,7 @@ def _models() -> dict[str, Callable[[int], Any]]:
 MODELS: tuple[str, ...] = ("mnist_cnn", "mnist_maxpool_cnn")
 
 
-def model_factory(name: str) -> Callable[[int], Any]:
+def model_factory(name: str) -> ModelFactory:
     """The constructor ``f(seed) -> nn.Sequential`` of a model name.
 
     :param name: One of :data:`MODELS`.

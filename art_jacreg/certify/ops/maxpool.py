@@ -37,8 +37,10 @@ class MaxPool2d(PiecewiseOp):
         padding: tuple[int, int],
         dilation: tuple[int, int],
     ) -> None:
-        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
-        self.padding, self.dilation = tuple(padding), tuple(dilation)
+        self.kernel_size: Pair = (int(kernel_size[0]), int(kernel_size[1]))
+        self.stride: Pair = (int(stride[0]), int(stride[1]))
+        self.padding: Pair = (int(padding[0]), int(padding[1]))
+        self.dilation: Pair = (int(dilation[0]), int(dilation[1]))
         out = self.forward(torch.zeros((1, *in_shape), dtype=DTYPE))
         super().__init__(in_shape, out.shape[1:])
 
