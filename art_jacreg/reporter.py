@@ -30,18 +30,14 @@ call of the three methods. Inputs outside ``clip_values`` are refused, since a c
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from art.estimators.classification import PyTorchClassifier
-from tqdm.auto import tqdm
 
-from art_jacreg import _art, _validate
+from art_jacreg import _validate, reporting
 from art_jacreg._validate import METHODS
-from art_jacreg.attacks import evaluate, run_attack
 from art_jacreg.bound_report import BoundReport
 
 if TYPE_CHECKING:
@@ -50,23 +46,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["JacobianBoundReporter", "BoundReport", "METHODS"]
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _preserving_model(method: _F) -> _F:
-    """Leave the user's model exactly as found after the call (modes, ``.grad``, ``requires_grad``).
-
-    ART's ``predict`` and attacks switch the model to eval mode and accumulate parameter gradients; the reporter's
-    methods must not leave either behind (see :func:`art_jacreg._art.preserved_model_state`).
-    """
-
-    @functools.wraps(method)
-    def wrapper(self: JacobianBoundReporter, *args: Any, **kwargs: Any) -> Any:
-        with _art.preserved_model_state(self.model):
-            return method(self, *args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 class JacobianBoundReporter(PyTorchClassifier):
@@ -165,53 +144,23 @@ class JacobianBoundReporter(PyTorchClassifier):
             verbose=verbose,
         )
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ helpers (see art_jacreg.reporting)
 
     def _network(self) -> Any:
-        """The certifiable network of the current model and preprocessing (raises if unsupported).
-
-        :func:`art_jacreg._art.network_of`: cached on the weights' values, rebuilt on any change. Also checks that
-        the model computes in float32 and outputs ``nb_classes`` logits.
-        """
-        _art.check_pytorch_classifier(self, name="classifier")
-        _art.check_float32_model(self)
-        net = _art.network_of(self)
-        _art.check_logit_count(self, net.num_classes)
-        return net
-
-    def _inputs(self, x: Any) -> np.ndarray:
-        """``x`` validated against ``input_shape`` and refused outside ``clip_values`` (a float32 copy)."""
-        x = _art.validate_x(x, self)
-        _validate.check_clip_range(x, self.clip_values, "x", error=True)
-        return x
+        """The certifiable network of the current model (:func:`art_jacreg.reporting.certifiable_network`)."""
+        return reporting.certifiable_network(self)
 
     def _clip(self) -> tuple[np.ndarray, np.ndarray] | None:
-        if self.clip_values is None:
-            return None
-        return np.asarray(self.clip_values[0], np.float32), np.asarray(self.clip_values[1], np.float32)
+        """The ``clip_values`` box as float32 arrays, or ``None`` (:func:`art_jacreg.reporting.clip_box`)."""
+        return reporting.clip_box(self)
 
-    def _batches(self, n: int, batch_size: int, desc: str, verbose: bool | None) -> Any:
-        show = self.verbose if verbose is None else bool(verbose)
-        return tqdm(range(0, n, batch_size), desc=desc, disable=not show, total=-(-n // batch_size))
-
-    def _progress(self, total: int, desc: str, verbose: bool | None) -> Any:
-        show = self.verbose if verbose is None else bool(verbose)
-        return tqdm(total=total, desc=desc, disable=not show)
-
-    def _tensor(self, x: np.ndarray) -> torch.Tensor:
-        import torch
-
-        return torch.as_tensor(x, device=self.device)
-
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        with torch.no_grad(), _art.model_mode(self.model, False):
-            return _art.logits_function(self)(x)
+    def _show(self, verbose: bool | None) -> bool:
+        """Whether to show progress bars: ``verbose``, or the constructor's ``verbose`` when it is ``None``."""
+        return self.verbose if verbose is None else bool(verbose)
 
     # ------------------------------------------------------------------ public API
 
-    @_preserving_model
+    @reporting.preserving_model
     def certify(
         self,
         x: np.ndarray,
@@ -245,25 +194,18 @@ class JacobianBoundReporter(PyTorchClassifier):
         :raises TypeError: If the model is not float32 (e.g. after ``model.double()``).
         :raises UnsupportedOperationError: If the model contains an operation the certifiers do not support.
         """
-        from art_jacreg.certify.parallel import map_batches, radius_batch, validate_n_jobs
+        from art_jacreg.certify.parallel import validate_n_jobs
 
-        x = self._inputs(x)
+        x = reporting.certifiable_inputs(self, x)
         norm = _validate.validate_norm(norm)
         method = _validate.validate_method(method)
         batch_size = _validate.validate_positive_int(batch_size, "batch_size")
         n_jobs = validate_n_jobs(n_jobs)
-        net, clip = self._network(), self._clip()
-        batches = []
-        for start in range(0, x.shape[0], batch_size):
-            xb = x[start : start + batch_size]
-            batches.append((xb, self._logits(self._tensor(xb)).argmax(dim=1).cpu().numpy().astype(np.int64)))
-        jobs = [(xb, pred, norm, clip, method) for xb, pred in batches]
-        radii = map_batches(radius_batch, net, jobs, n_jobs, self._progress(len(jobs), f"certify ({method})", verbose))
-        prediction, radius = np.concatenate([p for _, p in batches]), np.concatenate(radii)
+        prediction, radius = reporting.certify_batches(self, x, norm, method, batch_size, self._show(verbose), n_jobs)
         logger.info("certify(%s, norm=%s): median radius %.4g over %d samples", method, norm, np.median(radius), len(x))
         return prediction, radius
 
-    @_preserving_model
+    @reporting.preserving_model
     def predict_bounds(
         self,
         x: np.ndarray,
@@ -289,21 +231,14 @@ class JacobianBoundReporter(PyTorchClassifier):
         :raises TypeError: If the model is not float32 (e.g. after ``model.double()``).
         :raises UnsupportedOperationError: If the model contains an operation the certifiers do not support.
         """
-        from art_jacreg.certify import logit_bounds
-
-        x = self._inputs(x)
+        x = reporting.certifiable_inputs(self, x)
         eps = _validate.validate_eps(eps)
         norm = _validate.validate_norm(norm)
         method = _validate.validate_method(method)
         batch_size = _validate.validate_positive_int(batch_size, "batch_size")
-        net, clip = self._network(), self._clip()
-        out = []
-        for start in self._batches(x.shape[0], batch_size, f"predict_bounds ({method})", verbose):
-            lower, upper = logit_bounds(net, self._tensor(x[start : start + batch_size]), eps, norm, clip, method)
-            out.append(np.stack([lower.detach().cpu().numpy(), upper.detach().cpu().numpy()], axis=1))
-        return np.concatenate(out).astype(np.float32)
+        return reporting.logit_bounds_batches(self, x, eps, norm, method, batch_size, self._show(verbose))
 
-    @_preserving_model
+    @reporting.preserving_model
     def report(
         self,
         x: np.ndarray,
@@ -349,10 +284,9 @@ class JacobianBoundReporter(PyTorchClassifier):
         :raises TypeError: If the model is not float32 (e.g. after ``model.double()``).
         :raises UnsupportedOperationError: If the model contains an operation the certifiers do not support.
         """
-        from art_jacreg.certify.parallel import map_batches, report_batch, validate_n_jobs
-        from art_jacreg.first_order import first_order_bounds
+        from art_jacreg.certify.parallel import validate_n_jobs
 
-        x = self._inputs(x)
+        x = reporting.certifiable_inputs(self, x)
         y = _validate.validate_labels(y, x.shape[0], self.nb_classes)
         eps = _validate.validate_eps(eps)
         norm = _validate.validate_norm(norm)
@@ -360,44 +294,8 @@ class JacobianBoundReporter(PyTorchClassifier):
         method = _validate.validate_method(method)
         batch_size = _validate.validate_positive_int(batch_size, "batch_size")
         n_jobs = validate_n_jobs(n_jobs)
-        net, clip = self._network(), self._clip()
-        func = _art.logits_function(self)
-        cols: dict[str, list[np.ndarray]] = {"fo": [], "sur": []}
-        jobs = []
-        for start in range(0, x.shape[0], batch_size):
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            xt, yt = self._tensor(xb), self._tensor(yb)
-            pred = self._logits(xt).argmax(dim=1)
-            with _art.model_mode(self.model, False):
-                fo = first_order_bounds(func, xt, yt, eps, norm)
-            cols["fo"].append((fo.first_order_loss - fo.loss).double().cpu().numpy())
-            cols["sur"].append((fo.jacobian_surrogate_loss - fo.loss).double().cpu().numpy())
-            jobs.append((xb, yb, pred.cpu().numpy().astype(np.int64), eps, norm, clip, method))
-        progress = self._progress(len(jobs), f"report: bounds ({method})", verbose)
-        certs = map_batches(report_batch, net, jobs, n_jobs, progress)
-        cols["bound"], cols["cert"], cols["radius"] = (list(part) for part in zip(*certs))
-        show = self.verbose if verbose is None else bool(verbose)
-        with tqdm(total=x.shape[0], desc=f"report: attack ({attack})", disable=not show) as bar:
-            result = run_attack(self, x, y, eps, norm, attack, batch_size, attack_params, seed, bar.update)
-        loss, prediction = evaluate(self, x, y)
-        report = BoundReport(
-            label=y,
-            prediction=prediction,
-            loss=loss,
-            # Increments are added to one clean loss so that loss <= first_order_loss <= surrogate holds exactly.
-            first_order_loss=loss + np.concatenate(cols["fo"]),
-            jacobian_surrogate_loss=loss + np.concatenate(cols["sur"]),
-            # The robust loss is at least the clean loss, so max() keeps the bound sound (it only absorbs rounding).
-            certified_loss_bound=np.maximum(np.concatenate(cols["bound"]), loss),
-            certified=np.concatenate(cols["cert"]).astype(bool),
-            certified_radius=np.concatenate(cols["radius"]),
-            attack_loss=np.maximum(result.loss, loss),
-            attack_success=result.success,
-            attack_prediction=result.prediction,
-            eps=eps,
-            norm=norm,
-            method=method,
-            attack=attack,
+        report = reporting.assemble_bound_report(
+            self, x, y, eps, norm, attack, method, batch_size, attack_params, seed, self._show(verbose), n_jobs
         )
         logger.info("%r", report)
         return report

@@ -198,3 +198,34 @@ def test_empirical_gap_leaves_the_model_as_found(trained, data):
         assert (p.grad is None) == (g is None) and (g is None or torch.equal(p.grad, g))
     assert all(m.training for m in model.modules())
     model.eval()
+
+
+def test_bound_math_module_imports_neither_art_nor_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from art_jacreg.generalization.bounds import LayerNorms, spectral_complexity\n"
+        "layers = [LayerNorms(0, 'Linear', (2, 2), 2.0, 2.0, 2.0), LayerNorms(1, 'Linear', (1, 2), 4.0, 4.0, 4.0)]\n"
+        "print(spectral_complexity(layers))\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'art', 'torch'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    value, loaded = done.stdout.split("\n")[:2]
+    # R_A = (2 * 4) * (1^(2/3) + 1^(2/3))^(3/2) = 8 * 2^(3/2)
+    assert float(value) == pytest.approx(8 * 2**1.5, rel=1e-12)
+    assert loaded == "[]"
+
+
+def test_empirical_margin_is_a_quantile_of_the_positive_margins():
+    from art_jacreg.generalization.bounds import empirical_margin
+
+    gamma, loss = empirical_margin(np.array([-1.0, 0.5, 1.0, 2.0, 3.0]), 0.5)
+    assert gamma == pytest.approx(1.5)  # median of [0.5, 1, 2, 3]
+    assert loss == pytest.approx(3 / 5)  # -1, 0.5 and 1 lie below it
+    gamma, loss = empirical_margin(np.array([-1.0, 0.0]), 0.1)
+    assert math.isnan(gamma) and loss == 1.0
+    with pytest.raises(ValueError, match="margin_quantile"):
+        empirical_margin(np.array([1.0]), 1.0)
