@@ -73,6 +73,7 @@ fig.tight_layout()
 plt.show()
 
 # %%
-# The certified accuracy of the plain model falls to zero well before the training radius, while the certified
-# model keeps most digits certified there. Every radius in the plot is a sound certificate: the test suite attacks
+# The certified accuracy of the plain model falls off quickly with the radius (a quick run gave 0.175 of the digits
+# at 0.3), while the certified model keeps most digits certified there (0.645 in the same run, at a clean accuracy
+# of 0.895 against 0.910). Every radius in the plot is a sound certificate: the test suite attacks
 # such certificates with PGD and APGD and never changes a prediction.
