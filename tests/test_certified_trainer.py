@@ -228,3 +228,40 @@ def test_unsupported_model_is_refused_naming_the_model():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10), torch.nn.Tanh())
     with pytest.raises(ValueError, match="classifier.model"):
         CertifiedJacobianTrainer(make_classifier(model, preprocessing=PRE))
+
+
+def _ddp_rank(rank: int, world: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        (x, y), _, _, _ = load_mnist()
+        clf = make_classifier(mnist_mlp(seed=0, hidden=16), preprocessing=PRE)
+        trainer = CertifiedJacobianTrainer(clf, norm=2, eps=0.3, seed=0, verbose=False, reg_weight=0.001)
+        trainer.fit(x[:256], y[:256], batch_size=32, nb_epochs=2)
+        flat = torch.cat([p.detach().flatten() for p in clf.model.parameters()])
+        torch.save((flat, type(clf.model).__name__, trainer.history), f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_ranks_end_with_identical_weights(tmp_path):
+    """Two gloo ranks train on different shards; identical final weights need the gradient all-reduce (the bounds
+    are computed from the plain module, the logits through the DistributedDataParallel wrapper)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(2, port, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{i}.pt", weights_only=False) for i in range(2)]
+    assert torch.equal(ranks[0][0], ranks[1][0])
+    assert ranks[0][1] == "Sequential"  # a plain module again after the run
+    histories = [[{k: v for k, v in h.items() if k != "seconds"} for h in r[2]] for r in ranks]
+    assert histories[0] == histories[1] and len(histories[0]) == 2  # the same (global) history on both ranks
