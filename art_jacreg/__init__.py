@@ -1,6 +1,7 @@
 """art-jacreg: Jacobian regularization, first-order bounds and sound certificates for ART.
 
-Public names: :class:`JacobianRegularizedTrainer`, :class:`JacobianBoundReporter`, :func:`load_mnist`.
+Public names: :class:`JacobianRegularizedTrainer`, :class:`CertifiedJacobianTrainer`, :class:`JacobianBoundReporter`,
+:func:`load_mnist`.
 Heavy imports (torch, ART) happen lazily, on first use of a name.
 """
 
@@ -11,10 +12,18 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["JacobianRegularizedTrainer", "JacobianBoundReporter", "BoundReport", "load_mnist", "__version__"]
+__all__ = [
+    "JacobianRegularizedTrainer",
+    "CertifiedJacobianTrainer",
+    "JacobianBoundReporter",
+    "BoundReport",
+    "load_mnist",
+    "__version__",
+]
 
 _LAZY = {
     "JacobianRegularizedTrainer": "art_jacreg.trainer",
+    "CertifiedJacobianTrainer": "art_jacreg.certified_trainer",
     "JacobianBoundReporter": "art_jacreg.reporter",
     "BoundReport": "art_jacreg.bound_report",
     "load_mnist": "art_jacreg.data",

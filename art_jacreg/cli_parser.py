@@ -114,6 +114,24 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_certified(train: argparse.ArgumentParser) -> None:
+    """The ``train --certified`` options (CertifiedJacobianTrainer)."""
+    group = train.add_argument_group("certified training (CertifiedJacobianTrainer)")
+    group.add_argument(
+        "--certified",
+        action="store_true",
+        help="train for certificates at --eps in --norm (worst-case-logit loss) instead of Jacobian regularization; "
+        "--reg-weight then adds the Jacobian regulariser (default 0)",
+    )
+    group.add_argument("--eps", type=_eps, default=None, help="radius to certify (required with --certified)")
+    group.add_argument(
+        "--bound",
+        choices=("global", "local"),
+        default="global",
+        help="training bound: global (GloRo l2 / IBP l-inf, default: measured as good and faster) or local",
+    )
+
+
 def _add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="state_dict of mnist_cnn saved by `art-jacreg train`")
 
@@ -168,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="data-parallel training under torchrun (torchrun --nproc_per_node N -m art_jacreg.cli train "
         "--distributed ...): gloo on CPUs, NCCL on GPUs; --batch-size is per process; rank 0 saves --out",
     )
+    _add_certified(train)
     _add_data(train)
     _add_common(train)
 

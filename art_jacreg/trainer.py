@@ -18,25 +18,20 @@ training loop is :mod:`art_jacreg.training.loop` and the objective :mod:`art_jac
 from __future__ import annotations
 
 import logging
-import numbers
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from art.data_generators import DataGenerator
-from art.defences.trainer.trainer import Trainer
 from art.estimators.classification.pytorch import PyTorchClassifier
 
 from art_jacreg import _art
-from art_jacreg._validate import check_clip_range
-from art_jacreg.training import batches, checks, distributed, preflight
-from art_jacreg.training.checkpoint import CheckpointHooks, check_checkpoint_path
+from art_jacreg.training import batches, checks
+from art_jacreg.training.art_face import DEFAULT_BATCH_SIZE, DEFAULT_NB_EPOCHS, ArtTrainerFace  # noqa: F401 (re-exported)
+from art_jacreg.training.art_face import warn_unused as _warn_unused
 from art_jacreg.training.jr_variants import VariantObjective, check_variant_settings
-from art_jacreg.training.loop import LoopHooks, TrainingLoop, accuracy
 from art_jacreg.training.objectives import JacobianRegularizedObjective, check_jacobian_settings, cross_entropy_like
-from art_jacreg.training.randomness import training_generators
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +62,7 @@ def default_reg_weight(norm: float, target: str = "logits") -> float:
     return DEFAULT_REG_WEIGHTS[norm]
 
 
-#: ``fit``'s batch size and number of epochs when neither the call nor the constructor gives them.
-DEFAULT_BATCH_SIZE, DEFAULT_NB_EPOCHS = 128, 20
-
-
-class JacobianRegularizedTrainer(Trainer):
+class JacobianRegularizedTrainer(ArtTrainerFace):
     """Train a PyTorch classifier with the Jacobian regularisers of Wu and Li (2024).
 
     Loss per batch: ``mean_b CE(f(x_b), y_b) + reg_weight * mean_b R(x_b)`` with
@@ -237,13 +228,6 @@ class JacobianRegularizedTrainer(Trainer):
 
     # ------------------------------------------------------------------ parameters
 
-    def get_params(self) -> dict[str, Any]:
-        """The trainer's parameters (those in :attr:`trainer_params`) and their current values.
-
-        :return: A dict ``{name: value}``.
-        """
-        return {name: getattr(self, name) for name in self.trainer_params}
-
     def set_params(self, **kwargs: Any) -> None:
         """Change parameters listed in :attr:`trainer_params`, validated as at construction.
 
@@ -274,14 +258,6 @@ class JacobianRegularizedTrainer(Trainer):
         if "seed" in kwargs:
             self._init_generators()
 
-    @classmethod
-    def _check_estimator(cls, classifier: Any) -> None:
-        """Check the classifier against :attr:`estimator_requirements` and the differentiable-preprocessing rule."""
-        if not isinstance(classifier, cls.estimator_requirements):
-            names = ", ".join(req.__name__ for req in cls.estimator_requirements)
-            raise TypeError(f"`classifier` must be an instance of {names}, got {type(classifier).__name__}.")
-        _art.check_pytorch_classifier(classifier, name="classifier")
-
     def _check_params(self) -> None:
         """Validate and normalise the trainer's parameters (called at construction, set_params and every fit)."""
         self.norm = _art.validate_norm(self.norm, name="norm")
@@ -310,19 +286,7 @@ class JacobianRegularizedTrainer(Trainer):
         self.reg_weight, self.n_projections, self.n_rows = check_jacobian_settings(
             self.norm, self.reg_weight, self.n_projections, self.n_rows, self._classifier.nb_classes
         )
-        if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0
-        ):
-            raise ValueError(f"`seed` must be None or an integer >= 0, got {self.seed!r}.")
-        if not isinstance(self.verbose, (bool, np.bool_)):
-            raise TypeError(f"`verbose` must be a bool, got {type(self.verbose).__name__}.")
-        for name in ("nb_epochs", "batch_size"):
-            if getattr(self, name) is not None:
-                setattr(self, name, _art.validate_positive_int(getattr(self, name), name))
-
-    def _init_generators(self) -> None:
-        """(Re)start the shuffling and estimator streams from ``seed`` (``None``: from the global generators)."""
-        self._np_rng, self._torch_gen = training_generators(self.seed)
+        self._check_run_params()
 
     def _objective(self, training: bool = True) -> JacobianRegularizedObjective:
         """The objective with the current settings; for training it uses the classifier's loss and checks the
@@ -395,26 +359,7 @@ class JacobianRegularizedTrainer(Trainer):
             optimizer state of the last good step are restored first.
         """
         self._check_params()
-        val = batches.check_validation_data(validation_data, self._classifier, batch_size)
-        x_arr = _art.validate_x(x, self._classifier, name="x")
-        y_idx = _art.validate_labels(y, x_arr.shape[0], self._classifier.nb_classes, name="y")
-        batch_size = _art.validate_positive_int(_default(batch_size, self.batch_size, DEFAULT_BATCH_SIZE), "batch_size")
-        nb_epochs = _art.validate_positive_int(_default(nb_epochs, self.nb_epochs, DEFAULT_NB_EPOCHS), "nb_epochs")
-        preflight.check_scheduler(scheduler, preflight.optimizer_of(self._classifier))
-        preflight.check_trainable(self._classifier)
-        preflight.check_batch_size_for_batch_norm(
-            self._classifier.model, min(batch_size, x_arr.shape[0]), "batch_size" if batch_size == 1 else "x"
-        )
-        check_clip_range(x_arr, self._classifier.clip_values, "x", error=False)
-        path = None if checkpoint is None else check_checkpoint_path(checkpoint)
-        _warn_unused(kwargs, "fit")
-        group = distributed.process_group()
-        if group is None:
-            source = batches.array_batches(x_arr, y_idx, batch_size, self._np_rng)
-        else:
-            source = distributed.sharded_array_batches(x_arr, y_idx, batch_size, self._np_rng, *group)
-        run = {"data": [int(n) for n in x_arr.shape], "batch_size": batch_size, "source": "arrays"}
-        self._train(source, nb_epochs, val, scheduler, verbose, path, run)
+        self._fit_arrays(x, y, validation_data, batch_size, nb_epochs, scheduler, verbose, checkpoint, kwargs)
 
     def fit_generator(
         self,
@@ -450,31 +395,7 @@ class JacobianRegularizedTrainer(Trainer):
         :raises FloatingPointError: As in :meth:`fit`.
         """
         self._check_params()
-        if not isinstance(generator, DataGenerator):
-            raise TypeError(
-                f"`generator` must be an art.data_generators.DataGenerator, got {type(generator).__name__}."
-            )
-        epoch_batches = batches.generator_batches(generator, self._classifier)
-        nb_epochs = _art.validate_positive_int(_default(nb_epochs, self.nb_epochs, DEFAULT_NB_EPOCHS), "nb_epochs")
-        val = batches.check_validation_data(validation_data, self._classifier)
-        preflight.check_scheduler(scheduler, preflight.optimizer_of(self._classifier))
-        preflight.check_trainable(self._classifier)
-        preflight.check_batch_size_for_batch_norm(self._classifier.model, generator.batch_size, "generator.batch_size")
-        path = None if checkpoint is None else check_checkpoint_path(checkpoint)
-        _warn_unused(kwargs, "fit_generator")
-        run = {"data": int(generator.size), "batch_size": int(generator.batch_size), "source": "generator"}
-        self._train(epoch_batches, nb_epochs, val, scheduler, verbose, path, run)
-
-    def predict(self, x: np.ndarray, **kwargs: Any) -> np.ndarray:
-        """Predict with the trained classifier (its ``predict``); the model's train/eval mode is left unchanged.
-
-        :param x: Inputs ``(N, *input_shape)``.
-        :param kwargs: Passed to the classifier's ``predict`` (e.g. ``batch_size``).
-        :return: The classifier's outputs ``(N, nb_classes)``.
-        """
-        module = self._classifier._model
-        with _art.model_mode(module, module.training):
-            return self._classifier.predict(x, **kwargs)
+        self._fit_generator(generator, nb_epochs, scheduler, validation_data, verbose, checkpoint, kwargs)
 
     def compute_regularizer(self, x: np.ndarray, batch_size: int = 128, exact: bool = True) -> np.ndarray:
         """The per-sample regulariser (``||J||_F^2`` or ``||J||_{1,1}``) of the current model, in evaluation mode.
@@ -499,25 +420,17 @@ class JacobianRegularizedTrainer(Trainer):
                 out.append(reg.detach().cpu().numpy())
         return np.concatenate(out)
 
-    # ------------------------------------------------------------------ the loop
+    # ------------------------------------------------------------------ the run (ArtTrainerFace)
 
-    def _train(
-        self,
-        epoch_batches: batches.EpochBatches,
-        nb_epochs: int,
-        validation: tuple[np.ndarray, np.ndarray] | None,
-        scheduler: Any | None,
-        verbose: bool | None,
-        checkpoint: Path | None = None,
-        run: dict[str, Any] | None = None,
-    ) -> None:
-        """Run the training loop with the Jacobian-regularized objective (data-parallel under an initialised
-        process group, resumable with a checkpoint file); fills :attr:`history`.
-        """
-        self.history = []
-        group = distributed.process_group()
+    _loop_description = "Jacobian regularization"
+
+    def _checkpoint_settings(self) -> dict[str, Any]:
+        """The settings a checkpoint file must match to be resumed."""
+        return {name: getattr(self, name) for name in _CHECKPOINTED_SETTINGS}
+
+    def _log_start(self, nb_epochs: int, level: int) -> None:
         logger.log(
-            logging.INFO if group is None or group[0] == 0 else logging.DEBUG,
+            level,
             "Jacobian-regularized training: norm=%s, reg_weight=%g, n_projections=%s, n_rows=%s, %d epochs",
             "2" if self.norm == 2 else "inf",
             self.reg_weight,
@@ -525,42 +438,15 @@ class JacobianRegularizedTrainer(Trainer):
             self.n_rows,
             nb_epochs,
         )
-        forward = _art.logits_function(self._classifier)
-        device = self._classifier.device
-        module, optimizer = self._classifier._model, preflight.optimizer_of(self._classifier)
-        objective = self._objective()
-        epoch_batches = _warmed_up(epoch_batches, objective)
-        generators: dict[str, Any] = {"shuffle": self._np_rng, "estimator": self._torch_gen}
-        hooks: LoopHooks = LoopHooks()
-        if group is not None:
-            by_batch = run is not None and run["source"] == "generator"
-            hooks = distributed.DistributedHooks(module, device, shard_batches=by_batch)
-            distributed.agree_on_run(hooks, {"nb_epochs": nb_epochs, **(run or {})})
-            distributed.synchronise_generators(hooks, self._np_rng, self._torch_gen)
-            objective.generator = generators["rank_estimator"] = distributed.rank_generator(self._torch_gen, hooks.rank)
-        start, previous = 0, None
-        if checkpoint is not None:
-            settings = {
-                "trainer": {name: getattr(self, name) for name in _CHECKPOINTED_SETTINGS},
-                **(run or {}),
-            }  # fmt: skip
-            hooks = CheckpointHooks(hooks, checkpoint, self._classifier.model, optimizer, scheduler, generators,
-                                    settings, logger)  # fmt: skip
-            start, previous = hooks.resume(nb_epochs)
-        loop = TrainingLoop(
-            module,
-            optimizer,
-            objective,
-            forward,
-            device,
-            hooks=hooks,
-            skip_singleton_batches=checks.has_batch_norm(self._classifier.model),
-            log=logger,
-            description="Jacobian regularization",
-        )
-        validate = None if validation is None else (lambda: accuracy(forward, loop.module, *validation, device))
-        show = self.verbose if verbose is None else bool(verbose)
-        self.history = loop.run(epoch_batches, nb_epochs, validate, scheduler, show, start, previous)
+
+    def _wrap_epochs(self, epoch_batches: batches.EpochBatches, objective: Any) -> batches.EpochBatches:
+        """The epochs with the ``reg_weight`` warm-up factor of each epoch set first (``reg_warmup_epochs``)."""
+
+        def run_epoch(epoch: int) -> Any:
+            objective.start_epoch(epoch)
+            return epoch_batches(epoch)
+
+        return run_epoch
 
 
 #: The settings a checkpoint must agree with to be resumed (they change what the run optimises).
@@ -576,25 +462,3 @@ _CHECKPOINTED_SETTINGS = (
     "eps",
     "reg_warmup_epochs",
 )
-
-
-def _default(value: Any, constructor_value: Any, fallback: int) -> Any:
-    """The call argument if given, else the constructor's value if given, else ``fallback``."""
-    if value is not None:
-        return value
-    return fallback if constructor_value is None else constructor_value
-
-
-def _warmed_up(epoch_batches: batches.EpochBatches, objective: VariantObjective) -> batches.EpochBatches:
-    """``epoch_batches`` that first sets the objective's ``reg_weight`` warm-up factor of the epoch."""
-
-    def run_epoch(epoch: int) -> Any:
-        objective.start_epoch(epoch)
-        return epoch_batches(epoch)
-
-    return run_epoch
-
-
-def _warn_unused(kwargs: dict[str, Any], where: str) -> None:
-    if kwargs:
-        logger.warning("%s ignores the keyword arguments %s.", where, sorted(kwargs))

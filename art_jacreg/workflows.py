@@ -76,6 +76,7 @@ class TrainingSummary:
     :ivar reg_weight: Regularisation weight used (``0`` = plain training).
     :ivar epochs: Training epochs.
     :ivar n_train: Number of training digits.
+    :ivar certified: ``None``, or the certified-training settings ``{"eps": ..., "bound": ...}``.
     """
 
     model: torch.nn.Module
@@ -84,13 +85,17 @@ class TrainingSummary:
     reg_weight: float
     epochs: int
     n_train: int
+    certified: dict[str, Any] | None = None
 
     def describe(self) -> str:
         """One line saying how the model was trained.
 
         :return: E.g. ``"mnist_cnn (JR norm=2 reg_weight=0.01, 3 epochs on 400 digits)"``.
         """
-        if self.reg_weight == 0:
+        if self.certified is not None:
+            kind = f"certified norm={norm_key(self.norm)} eps={self.certified['eps']:g} bound={self.certified['bound']}"
+            kind += f" reg_weight={self.reg_weight:g}" if self.reg_weight else ""
+        elif self.reg_weight == 0:
             kind = "plain"
         else:
             kind = f"JR norm={norm_key(self.norm)} reg_weight={self.reg_weight:g}"
@@ -108,6 +113,7 @@ def train_mnist_cnn(
     seed: int = 0,
     verbose: bool = True,
     checkpoint: str | os.PathLike | None = None,
+    certified: dict[str, Any] | None = None,
 ) -> TrainingSummary:
     """Train :func:`~art_jacreg.models.mnist_cnn` with :class:`~art_jacreg.trainer.JacobianRegularizedTrainer`.
 
@@ -123,6 +129,9 @@ def train_mnist_cnn(
     :param seed: Seed of the weights and of the training.
     :param verbose: Show progress bars.
     :param checkpoint: Optional checkpoint file: saved after every epoch, resumed from when it exists.
+    :param certified: ``None`` for Jacobian regularization, or keywords of
+        :class:`~art_jacreg.certified_trainer.CertifiedJacobianTrainer` (``eps``, ``bound``, ...) to train for
+        certificates instead (``reg_weight`` ``None`` then means 0).
     :return: :class:`TrainingSummary`.
     :raises FloatingPointError: If training diverges (the trainer keeps the last finite weights).
     """
@@ -131,9 +140,19 @@ def train_mnist_cnn(
 
     model = mnist_cnn(seed=seed)
     classifier = make_classifier(model, lr=lr)
-    trainer = JacobianRegularizedTrainer(classifier, norm=norm, reg_weight=reg_weight, seed=seed, verbose=verbose)
+    if certified is None:
+        trainer: Any = JacobianRegularizedTrainer(
+            classifier, norm=norm, reg_weight=reg_weight, seed=seed, verbose=verbose
+        )
+    else:
+        from art_jacreg.certified_trainer import CertifiedJacobianTrainer
+
+        weight = 0.0 if reg_weight is None else reg_weight
+        trainer = CertifiedJacobianTrainer(
+            classifier, norm=norm, reg_weight=weight, seed=seed, verbose=verbose, **certified
+        )
     trainer.fit(x, y, batch_size=batch_size, nb_epochs=epochs, checkpoint=checkpoint)
-    return TrainingSummary(model, classifier, norm, float(trainer.reg_weight), epochs, len(x))
+    return TrainingSummary(model, classifier, norm, float(trainer.reg_weight), epochs, len(x), certified)
 
 
 @dataclasses.dataclass

@@ -30,26 +30,20 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from art_jacreg.certify._common import margin_rows, validate_norm
+from art_jacreg.certify.certified_loss import certified_cross_entropy, worst_case_logits
+from art_jacreg.certify.chain_ops import ChainOps, _dot
 from art_jacreg.certify.graph import UnsupportedOperationError
 from art_jacreg.certify.intervals import relu_relaxation
 
-__all__ = ["CertifiedMargins", "certified_cross_entropy", "worst_case_logits"]
+__all__ = ["BOUNDS", "CertifiedMargins", "certified_cross_entropy", "worst_case_logits"]
 
-_SKIP = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Flatten)
 BOUNDS = ("global", "local")
 
 
-def _flatten_modules(model: nn.Module) -> list[nn.Module]:
-    if isinstance(model, nn.Sequential):
-        return [m for child in model for m in _flatten_modules(child)]
-    return [model]
-
-
-class CertifiedMargins:
+class CertifiedMargins(ChainOps):
     """Differentiable margin lower bounds of a chain model over ``B_p(x, eps) ∩ box``.
 
     :param model: ``nn.Sequential`` of supported layers; its parameters are read, never modified.
@@ -69,120 +63,7 @@ class CertifiedMargins:
         clip_values: tuple[float, float] | None = (0.0, 1.0),
         seed: int = 0,
     ) -> None:
-        self.model, self.input_shape, self.clip_values = model, tuple(int(s) for s in input_shape), clip_values
-        param = next(model.parameters())
-        dtype = param.dtype
-        mean, std = (0.0, 1.0) if preprocessing is None else preprocessing
-        self.scale = (1.0 / torch.as_tensor(std, dtype=dtype)).expand(self.input_shape).clone()
-        self.shift = (-torch.as_tensor(mean, dtype=dtype) * self.scale).expand(self.input_shape).clone()
-        self.ops: list[tuple[str, nn.Module | None, tuple[int, ...], tuple[int, ...]]] = []
-        gen = torch.Generator().manual_seed(seed)
-        self._u: dict[int, torch.Tensor] = {}
-        h = torch.zeros((1, *self.input_shape), dtype=dtype)
-        with torch.no_grad():
-            for mod in _flatten_modules(model):
-                if isinstance(mod, _SKIP):
-                    if isinstance(mod, nn.Flatten):
-                        self.ops.append(("flatten", None, tuple(h.shape[1:]), (math.prod(h.shape[1:]),)))
-                        h = h.flatten(1)
-                    continue
-                if isinstance(mod, nn.Linear) and h.ndim > 2:  # an implicit flatten before a Linear
-                    self.ops.append(("flatten", None, tuple(h.shape[1:]), (math.prod(h.shape[1:]),)))
-                    h = h.flatten(1)
-                kind = self._kind(mod)
-                out = mod(h)
-                if kind in ("linear", "conv"):
-                    self._u[len(self.ops)] = torch.randn(h.shape, generator=gen, dtype=dtype)
-                self.ops.append((kind, mod, tuple(h.shape[1:]), tuple(out.shape[1:])))
-                h = out
-        if h.ndim != 2:
-            raise UnsupportedOperationError("the model must output flat logits (B, K)")
-        self.num_classes = h.shape[1]
-        nonlin = [i for i, (k, *_) in enumerate(self.ops) if k in ("relu", "maxpool")]
-        self.tail = nonlin[-1] + 1 if nonlin else 0
-
-    @staticmethod
-    def _kind(mod: nn.Module) -> str:
-        if isinstance(mod, nn.Linear):
-            return "linear"
-        if isinstance(mod, nn.Conv2d) and mod.padding_mode == "zeros" and not isinstance(mod.padding, str):
-            return "conv"
-        if isinstance(mod, nn.ReLU):
-            return "relu"
-        if isinstance(mod, nn.MaxPool2d) and not mod.ceil_mode:
-            return "maxpool"
-        raise UnsupportedOperationError(f"unsupported layer for certified training: {type(mod).__name__}")
-
-    # ---------------------------------------------------------------- linear algebra of one operation
-
-    def _lin(self, i: int, h: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Linear part of operation ``i`` (no bias), optionally with another weight (``|W|``, ``W**2``)."""
-        kind, mod, _, out = self.ops[i]
-        if kind == "flatten":
-            return h.reshape(h.shape[0], *out)
-        w = mod.weight if weight is None else weight
-        if kind == "linear":
-            return h @ w.T
-        if kind == "conv":
-            return F.conv2d(h, w, None, mod.stride, mod.padding, mod.dilation, mod.groups)
-        return h.reshape(h.shape[0], *out)  # flatten
-
-    def _lin_t(self, i: int, g: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Adjoint of :meth:`_lin` on a batch ``(N, *out_shape)``."""
-        kind, mod, inp, _ = self.ops[i]
-        if kind == "flatten":
-            return g.reshape(g.shape[0], *inp)
-        w = mod.weight if weight is None else weight
-        if kind == "linear":
-            return g @ w
-        if kind == "conv":
-            size = [g.shape[0], *inp]
-            return torch.nn.grad.conv2d_input(size, w, g, mod.stride, mod.padding, mod.dilation, mod.groups)
-        return g.reshape(g.shape[0], *inp)
-
-    def _forward(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        return self.ops[i][1](h) if self.ops[i][0] != "flatten" else h.flatten(1)
-
-    # ---------------------------------------------------------------- layer norms
-
-    def layer_norms(self, norm: float = 2.0, n_iter: int = 1) -> list[torch.Tensor]:
-        """Operator-norm estimates of every operation (differentiable in the weights); preprocessing not included.
-
-        l2: power iteration on ``W^T W`` from the persistent vectors (updated ``n_iter`` times, detached), then
-        ``||W u||``; a lower estimate of the largest singular value that converges to it. l-inf: the exact
-        ``inf -> inf`` norm (maximum absolute row sum). MaxPool: ``sqrt`` of the largest window overlap (l2), ReLU
-        and reshapes ``1``.
-
-        :param norm: ``2`` or ``inf``.
-        :param n_iter: Power-iteration steps this call.
-        :return: One scalar tensor per operation.
-        """
-        norm = validate_norm(norm)
-        dtype = self.scale.dtype
-        out = []
-        for i, (kind, mod, inp, _) in enumerate(self.ops):
-            if kind in ("linear", "conv") and norm == 2:
-                u = self._u[i]
-                with torch.no_grad():
-                    for _ in range(n_iter):
-                        u = self._lin_t(i, self._lin(i, u))
-                        u = u / u.norm().clamp(min=1e-30)
-                self._u[i] = u
-                out.append(self._lin(i, u).norm())
-            elif kind in ("linear", "conv"):
-                out.append(self._lin(i, torch.ones((1, *inp), dtype=dtype), mod.weight.abs()).max())
-            elif kind == "maxpool" and norm == 2:
-                out.append(torch.tensor(math.sqrt(_overlap(mod, inp)), dtype=dtype))
-            else:
-                out.append(torch.ones((), dtype=dtype))
-        return out
-
-    def _prefix(self, norms: list[torch.Tensor], stop: int) -> torch.Tensor:
-        """Lipschitz estimate of ``x -> h_stop`` (preprocessing scale included)."""
-        total = self.scale.abs().max()
-        for n in norms[:stop]:
-            total = total * n
-        return total
+        super().__init__(model, input_shape, preprocessing, clip_values, seed)
 
     # ---------------------------------------------------------------- bounds
 
@@ -252,6 +133,7 @@ class CertifiedMargins:
         n_iter: int = 1,
         depth: int | None = 1,
         crown: bool = False,
+        logits: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and margin lower bounds over ``B_p(x, eps) ∩ box``.
 
@@ -265,28 +147,31 @@ class CertifiedMargins:
             are pulled back through before the layers below are bounded by their norms; ``None``: down to the input
             (``K - 1`` transposed convolutions per sample, many times the cost of a training step).
         :param crown: ``p = inf`` local: CROWN-IBP on the whole network instead of the interval margin bound.
+        :param logits: The model's logits at ``x`` when the caller already has them (e.g. through a
+            ``DistributedDataParallel`` wrapper, whose forward must run for its gradient all-reduce); ``None``: the
+            model is run here.
         :return: ``(logits (B, K), low (B, K))`` with ``low[b, y_b] = 0``.
         :raises ValueError: On an unknown ``bound``.
         """
         norm = validate_norm(norm)
         if bound not in BOUNDS:
             raise ValueError(f"`bound` must be one of {BOUNDS}, got {bound!r}.")
-        eps = torch.as_tensor(eps, dtype=x.dtype).expand(x.shape[0])
+        eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(x.shape[0])
         norms = self.layer_norms(norm, n_iter)
-        rows = margin_rows(y.cpu(), self.num_classes)[0].to(x.dtype)  # (B, K-1, K)
+        rows = margin_rows(y.cpu(), self.num_classes)[0].to(device=x.device, dtype=x.dtype)  # (B, K-1, K)
         a_t = rows
         for i in range(len(self.ops) - 1, self.tail - 1, -1):  # rows of the final affine block on h_tail
             a_t = self._pull(i, a_t)
         dual = a_t.flatten(2).norm(dim=-1) if norm == 2 else a_t.flatten(2).abs().sum(-1)
         lip = dual * self._prefix(norms, self.tail)
-        if norm == 2 and bound == "global":
+        if logits is None and norm == 2:
             logits = self.model(x * self.scale + self.shift)
+        if norm == 2 and bound == "global":
             value = (rows * logits[:, None]).sum(-1)
             return logits, self._scatter(value - eps[:, None] * lip, y)
         if norm == 2:  # the intervals only decide which ReLUs are stable: no gradient needed through them
             with torch.no_grad():
                 lows, ups, _ = self.intervals(x, eps, norm, [n.detach() for n in norms])
-            logits = self.model(x * self.scale + self.shift)
             value = (rows * logits[:, None]).sum(-1)
             best = value - eps[:, None] * lip
             nonlin = [i for i, (k, *_) in enumerate(self.ops) if k in ("relu", "maxpool")]
@@ -297,7 +182,7 @@ class CertifiedMargins:
         # l-inf: no Lipschitz term (measured: with it in the max, training follows the loose sqrt(d) l2 product early
         # on and collapses); IBP with the last layer elided, plus CROWN-IBP on request
         lows, ups, cents = self.intervals(x, eps, norm, norms, tighten=bound == "local")
-        logits = cents[-1]
+        logits = cents[-1] if logits is None else logits
         value = (rows * logits[:, None]).sum(-1)
         t = self.tail
         mid, rad = (ups[t] + lows[t]) / 2 - cents[t], (ups[t] - lows[t]) / 2
@@ -313,7 +198,7 @@ class CertifiedMargins:
         grows with the layer norms; at a boundary ``stop > 0`` finished by the prefix norms,
         ``-(||c|| + rho) L_{0..stop} eps``.
         """
-        c, rho = rows, torch.zeros(rows.shape[:2], dtype=rows.dtype)
+        c, rho = rows, torch.zeros(rows.shape[:2], dtype=rows.dtype, device=rows.device)
         for i in range(len(self.ops) - 1, stop - 1, -1):
             kind = self.ops[i][0]
             if kind == "relu":
@@ -335,14 +220,9 @@ class CertifiedMargins:
         return torch.maximum(corner, -eps[:, None] * cf.norm(dim=-1)) - rho * eps[:, None]
 
     def _scatter(self, low: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(low.shape[0], self.num_classes, dtype=low.dtype)
-        others = margin_rows(y.cpu(), self.num_classes)[1]
+        out = torch.zeros(low.shape[0], self.num_classes, dtype=low.dtype, device=low.device)
+        others = margin_rows(y.cpu(), self.num_classes)[1].to(low.device)
         return out.scatter(1, others, low)
-
-    def _pull(self, i: int, a: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        b, m = a.shape[:2]
-        _, _, inp, out = self.ops[i]
-        return self._lin_t(i, a.reshape(b * m, *out), weight).reshape(b, m, *inp)
 
     def _split(self, rows, lows, ups, norms, stop) -> torch.Tensor:
         """``min_i ||(|c_i| + r_i)||_2 L_{0..i}`` over the boundaries ``i >= stop`` the interval Jacobian reaches."""
@@ -370,7 +250,7 @@ class CertifiedMargins:
 
     def _crown(self, rows, lows, ups, x, eps) -> torch.Tensor:
         """CROWN-IBP: lower bound of ``rows · f(x')`` over the box, every ReLU relaxed on its interval."""
-        a, const = rows, torch.zeros(rows.shape[:2], dtype=rows.dtype)
+        a, const = rows, torch.zeros(rows.shape[:2], dtype=rows.dtype, device=rows.device)
         for i in range(len(self.ops) - 1, -1, -1):
             kind, mod, _, out = self.ops[i]
             if kind == "relu":
@@ -388,57 +268,3 @@ class CertifiedMargins:
         a = a * self.scale
         lo, hi = self._box(x, eps)
         return const + _dot(a, (hi + lo) / 2) - _dot(a.abs(), (hi - lo) / 2)
-
-
-def _dot(a: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """``sum_features a * h`` for ``a`` ``(B, M, *shape)`` and ``h`` ``(B, *shape)``."""
-    return torch.bmm(a.flatten(2), h.flatten(1)[:, :, None])[:, :, 0]
-
-
-def _overlap(mod: nn.MaxPool2d, inp: tuple[int, ...]) -> int:
-    """Largest number of pooling windows one input belongs to."""
-    if mod.dilation not in (1, (1, 1)):
-        raise UnsupportedOperationError("MaxPool2d with dilation is not supported by certified training")
-    with torch.enable_grad():
-        ones = torch.ones((1, *inp), requires_grad=True)
-        out = F.avg_pool2d(ones, mod.kernel_size, mod.stride, mod.padding, divisor_override=1)
-        grad = torch.autograd.grad(out.sum(), ones)[0]
-    return int(round(float(grad.max())))
-
-
-def worst_case_logits(logits: torch.Tensor, low: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``z_j = f_y - low_j`` for ``j != y`` and ``z_y = f_y``: the logits the certificate must beat.
-
-    :param logits: ``(B, K)``.
-    :param low: Margin lower bounds ``(B, K)`` (``0`` at ``y``).
-    :param y: Labels ``(B,)``.
-    :return: ``(B, K)``.
-    """
-    return logits.gather(1, y[:, None]) - low
-
-
-def certified_cross_entropy(
-    logits: torch.Tensor, low: torch.Tensor, y: torch.Tensor, kappa: float = 0.0, variant: str = "ce"
-) -> torch.Tensor:
-    """``kappa CE(f(x), y) + (1 - kappa) L_rob`` with ``L_rob`` cross-entropy on the worst-case logits.
-
-    :param logits: ``(B, K)``.
-    :param low: Margin lower bounds ``(B, K)``.
-    :param y: Labels ``(B,)``.
-    :param kappa: Weight of the clean loss in ``[0, 1]``.
-    :param variant: ``"ce"`` (worst-case logits) or ``"bottom"`` (GloRo: the clean logits plus one bottom logit
-        ``max_{j != y} z_j``).
-    :return: Scalar loss.
-    :raises ValueError: On an unknown variant.
-    """
-    z = worst_case_logits(logits, low, y)
-    if variant == "ce":
-        robust = F.cross_entropy(z, y)
-    elif variant == "bottom":
-        bottom = z.scatter(1, y[:, None], -torch.inf).amax(dim=1, keepdim=True)
-        robust = F.cross_entropy(torch.cat([logits, bottom], dim=1), y)
-    else:
-        raise ValueError(f"`variant` must be 'ce' or 'bottom', got {variant!r}.")
-    if kappa == 0:
-        return robust
-    return kappa * F.cross_entropy(logits, y) + (1 - kappa) * robust

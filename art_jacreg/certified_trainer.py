@@ -1,0 +1,374 @@
+r"""Certified training of an ART :class:`PyTorchClassifier`: train for the certificates the reporter proves.
+
+The trainer minimises, per mini-batch, cross-entropy on *worst-case logits*
+``z_j = f_y(x) - low_j(x, eps)``, where ``low_j`` is a sound lower bound (given exact layer norms) of the margin
+``f_y - f_j`` over the threat ball: GloRo-style global Lipschitz margins (Leino et al. 2021) for l2, interval bound
+propagation (Gowal et al. 2018) for l-inf, or the package's local bounds made differentiable. The derivation and
+why the final certificate is sound whatever the training did are on the theory page ("Certified training"). This
+module is the ART ``Trainer`` face; the objective is :mod:`art_jacreg.training.certified_objective`, the bounds
+:mod:`art_jacreg.certify.objectives` and the loop, DDP and checkpoints are shared with
+:class:`~art_jacreg.trainer.JacobianRegularizedTrainer` (:mod:`art_jacreg.training.art_face`).
+
+| Paper link: https://arxiv.org/abs/2102.08452 (Leino, Wang and Fredrikson 2021, globally-robust networks)
+| Paper link: https://arxiv.org/abs/1810.12715 (Gowal et al. 2018, interval bound propagation)
+| Paper link: https://arxiv.org/abs/2412.12449 (Wu and Li 2024, Jacobian regularization)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import os
+from typing import Any
+
+import numpy as np
+from art.data_generators import DataGenerator
+from art.estimators.classification.pytorch import PyTorchClassifier
+
+from art_jacreg import _art
+from art_jacreg.certify.graph import UnsupportedOperationError
+from art_jacreg.certify.objectives import BOUNDS, CertifiedMargins
+from art_jacreg.training.art_face import ArtTrainerFace, warn_unused
+from art_jacreg.training.certified_objective import CertifiedObjective, EpsSchedule
+from art_jacreg.training.objectives import JacobianRegularizedObjective, check_jacobian_settings, cross_entropy_like
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CertifiedJacobianTrainer", "SCHEDULE_DEFAULTS"]
+
+#: Schedule defaults per norm (measured, see the class docstring): eps ramp fraction, final and initial clean-loss
+#: weight, training-eps factor.
+SCHEDULE_DEFAULTS: dict[float, dict[str, float]] = {
+    2.0: {"ramp": 0.25, "kappa": 0.0, "kappa_start": 0.0, "train_eps_factor": 1.0},
+    math.inf: {"ramp": 0.5, "kappa": 0.5, "kappa_start": 1.0, "train_eps_factor": 1.1},
+}
+LOSSES = ("ce", "bottom")
+
+
+class CertifiedJacobianTrainer(ArtTrainerFace):
+    """Train a PyTorch classifier so that :meth:`JacobianBoundReporter.certify` certifies it at ``eps``.
+
+    Loss per batch (``t`` the step): ``kappa_t CE(f(x), y) + (1 - kappa_t) CE(z, y) + reg_weight * mean R(x)`` with
+    ``z_j = f_y - low_j(x, eps_t)`` (``z_y = f_y``) and ``R`` the paper's ``||J||_F^2`` (``norm=2``) or
+    ``||J||_{1,1}`` (``norm=np.inf``), exactly as in :class:`~art_jacreg.trainer.JacobianRegularizedTrainer`.
+
+    * ``bound="global"``: l2: ``low_j = m_j(x) - eps ||a_j||_2 prod_l ||W_l||_2``, ``a_j`` the margin row through the
+      last affine block, the layer norms by power iteration with persistent vectors (GloRo); l-inf: interval bound
+      propagation with the last layer elided (IBP).
+    * ``bound="local"``: the bounds ``certify(method="interval")`` computes, made differentiable (deviation-tightened
+      intervals; for l2 the split interval-Jacobian and centre-and-ball bounds through the last ``depth``
+      ReLU/MaxPool layers, the global bound kept in the maximum; for l-inf ``crown=True`` adds CROWN-IBP).
+
+    Defaults and why. Measured on ``mnist_cnn``, the embedded 4,000 / 1,000 MNIST digits, preprocessing
+    ``(0.1307, 0.3081)``, Adam 1e-3, batch 128, 40 epochs, certified by ``certify(method="interval")`` on the 1,000
+    test digits (clean / certified accuracy at eps, time per epoch relative to plain training):
+
+    ======================  ==================  ==================  =================
+    training                l2 eps 0.3          l2 eps 1.0          l-inf eps 0.1
+    ======================  ==================  ==================  =================
+    ``bound="global"``      0.971 / 0.847, 1.4x 0.841 / 0.462       0.969 / 0.896, 3.9x
+    ``bound="local"``       0.972 / 0.846, 2.9x 0.831 / 0.420, 3.9x 0.971 / 0.891, 4.6x
+    ======================  ==================  ==================  =================
+
+    The local bounds certified no more than the global ones there and cost 2-4 times more, so ``bound`` defaults
+    to ``"global"``. l2 schedule defaults: ``ramp=0.25`` (eps grows linearly over the first quarter of the steps),
+    ``kappa=0`` (pure certified loss); l-inf: ``ramp=0.5``, ``kappa`` from 1 to 0.5 along the ramp and training at
+    ``1.1 * eps`` (:data:`SCHEDULE_DEFAULTS`). ``reg_weight=0`` by default (the certified loss alone).
+
+    The training bounds are estimates (power iteration approaches the largest singular value from below; they run in
+    float32): they are never reported as certificates. Certify the trained classifier with
+    :meth:`JacobianBoundReporter.certify`, which recomputes sound bounds in float64 from the weights alone.
+
+    Supported models: an ``nn.Sequential`` chain of ``Conv2d`` (zero padding), ``Linear``, ``ReLU``, ``MaxPool2d``
+    and ``Flatten`` (``Dropout`` and ``Identity`` are skipped by the bounds), behind ART's mean/std preprocessing.
+    The eps schedule spans each ``fit`` call (a resumed run continues it). The power-iteration vectors persist
+    across batches and ``fit`` calls but are not saved in checkpoints: a resumed l2 run restarts them from ``seed``
+    (its weights then differ slightly from an uninterrupted run's).
+
+    :ivar history: One dict per epoch of the last fit, with keys ``epoch``, ``loss``, ``cross_entropy`` (clean),
+        ``certified_loss`` (cross-entropy on the worst-case logits), ``regularizer`` (``None`` when
+        ``reg_weight == 0``), ``eps`` (mean training radius), ``bound_certified`` (fraction of training samples the
+        *training* bound certified at that radius, a training estimate), ``train_accuracy``, ``val_accuracy``,
+        ``learning_rate`` and ``seconds``.
+    """
+
+    trainer_params: list[str] = [
+        "norm", "eps", "bound", "loss", "warmup", "ramp", "kappa", "kappa_start", "train_eps_factor", "depth",
+        "crown", "n_power_iterations", "reg_weight", "n_projections", "n_rows", "seed", "verbose", "nb_epochs",
+        "batch_size",
+    ]  # fmt: skip
+    _loop_description = "Certified training"
+    _logger = logger
+
+    def __init__(
+        self,
+        classifier: PyTorchClassifier,
+        norm: int | float | str = 2,
+        eps: float = 0.3,
+        bound: str = "global",
+        loss: str = "ce",
+        warmup: float = 0.0,
+        ramp: float | None = None,
+        kappa: float | None = None,
+        kappa_start: float | None = None,
+        train_eps_factor: float | None = None,
+        depth: int | None = 1,
+        crown: bool = False,
+        n_power_iterations: int = 1,
+        reg_weight: float = 0.0,
+        n_projections: int | None = 1,
+        n_rows: int | None = None,
+        seed: int | None = None,
+        verbose: bool = True,
+        nb_epochs: int | None = None,
+        batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Create a :class:`CertifiedJacobianTrainer`.
+
+        :param classifier: The ART ``PyTorchClassifier`` to train: an optimizer, a ``torch.nn.CrossEntropyLoss``,
+            torch-only mean/std preprocessing and a supported chain model (see the class docstring).
+        :param norm: Threat norm: ``2`` / ``"l2"`` or ``np.inf`` / ``"inf"``.
+        :param eps: Radius ``> 0`` to certify, in raw input units (before ``preprocessing``).
+        :param bound: ``"global"`` (GloRo / IBP) or ``"local"`` (the reporter's interval bounds, differentiable).
+        :param loss: ``"ce"`` (cross-entropy on all worst-case logits) or ``"bottom"`` (GloRo's extra bottom
+            logit ``max_{j != y} z_j``; refused with class-weighted losses).
+        :param warmup: Fraction in ``[0, 1)`` of each run's steps trained at radius 0 before the ramp.
+        :param ramp: Fraction in ``[0, 1]`` of the steps over which the radius grows linearly; ``None``: 0.25 (l2),
+            0.5 (l-inf).
+        :param kappa: Final clean-loss weight in ``[0, 1]``; ``None``: 0 (l2), 0.5 (l-inf).
+        :param kappa_start: Clean-loss weight at the start of the ramp; ``None``: ``kappa`` (l2), 1 (l-inf).
+        :param train_eps_factor: Training radius = ``eps * train_eps_factor`` (``>= 1``); ``None``: 1 (l2),
+            1.1 (l-inf).
+        :param depth: l2 ``bound="local"``: ReLU/MaxPool layers (from the output) the local Jacobian rows pass
+            through (``>= 1``), or ``None`` for all (much slower).
+        :param crown: l-inf ``bound="local"``: add CROWN-IBP margins (no MaxPool2d).
+        :param n_power_iterations: Power-iteration steps per batch (``>= 1``, l2).
+        :param reg_weight: Weight ``>= 0`` of the Jacobian regulariser (0: not computed).
+        :param n_projections: Regulariser estimator for ``norm=2`` (as in ``JacobianRegularizedTrainer``).
+        :param n_rows: Regulariser estimator for ``norm=np.inf`` (as in ``JacobianRegularizedTrainer``).
+        :param seed: Seed (int ``>= 0``) of the shuffling, the estimator and the power-iteration start vectors;
+            ``None`` draws it from the global generators.
+        :param verbose: Show a progress bar (each ``fit`` call can override it).
+        :param nb_epochs: Default number of epochs of ``fit`` / ``fit_generator``; ``None``: 20.
+        :param batch_size: Default batch size of ``fit``; ``None``: 128.
+        :param kwargs: Other keywords are ignored with a logged warning.
+        :raises ValueError: On an invalid argument (named) or an unsupported model (``classifier.model``).
+        """
+        self._check_estimator(classifier)
+        super().__init__(classifier)
+        self.norm: float = norm  # type: ignore[assignment]
+        self.eps, self.bound, self.loss, self.warmup, self.ramp = eps, bound, loss, warmup, ramp
+        self.kappa, self.kappa_start, self.train_eps_factor = kappa, kappa_start, train_eps_factor
+        self.depth, self.crown, self.n_power_iterations = depth, crown, n_power_iterations
+        self.reg_weight, self.n_projections, self.n_rows = reg_weight, n_projections, n_rows
+        self.seed, self.verbose, self.nb_epochs, self.batch_size = seed, verbose, nb_epochs, batch_size
+        schedule = {"ramp": ramp, "kappa": kappa, "kappa_start": kappa_start, "train_eps_factor": train_eps_factor}
+        self._given = {name for name, value in schedule.items() if value is not None}
+        warn_unused(kwargs, "CertifiedJacobianTrainer")
+        self._check_params()
+        self.history: list[dict[str, Any]] = []
+        self._init_generators()
+        self._margins = self._build_margins()
+
+    # ------------------------------------------------------------------ parameters
+
+    def set_params(self, **kwargs: Any) -> None:
+        """Change parameters listed in :attr:`trainer_params`, validated as at construction.
+
+        On an invalid value nothing is changed. A new ``seed`` restarts the random streams and the power-iteration
+        vectors; a new ``norm`` resets the schedule parameters that were not given explicitly to that norm's
+        defaults.
+
+        :param kwargs: ``name=value`` pairs.
+        :raises ValueError: On an unknown name or an invalid value (``TypeError`` for a wrong type).
+        """
+        unknown = sorted(set(kwargs) - set(self.trainer_params))
+        if unknown:
+            raise ValueError(f"Unexpected parameter(s) {unknown}; the trainer's parameters are {self.trainer_params}.")
+        previous, given = self.get_params(), set(self._given)
+        self._given |= {name for name in SCHEDULE_DEFAULTS[2.0] if kwargs.get(name) is not None}
+        if "norm" in kwargs:
+            for name in SCHEDULE_DEFAULTS[2.0]:
+                if name not in self._given:
+                    setattr(self, name, None)
+        for name, value in kwargs.items():
+            setattr(self, name, value)
+        try:
+            self._check_params()
+        except (TypeError, ValueError):
+            for name, value in previous.items():
+                setattr(self, name, value)
+            self._given = given
+            raise
+        if "seed" in kwargs:
+            self._init_generators()
+            self._margins = self._build_margins()
+
+    def _check_params(self) -> None:
+        """Validate and normalise the parameters (construction, :meth:`set_params` and every fit)."""
+        self.norm = _art.validate_norm(self.norm, name="norm")
+        self.eps = _real(self.eps, "eps", low=0.0, open_low=True)
+        if self.bound not in BOUNDS:
+            raise ValueError(f"`bound` must be one of {BOUNDS}, got {self.bound!r}.")
+        if self.loss not in LOSSES:
+            raise ValueError(f"`loss` must be one of {LOSSES}, got {self.loss!r}.")
+        defaults = SCHEDULE_DEFAULTS[self.norm]
+        for name in ("ramp", "kappa", "train_eps_factor"):
+            if getattr(self, name) is None:
+                setattr(self, name, defaults[name])
+        if self.kappa_start is None:
+            self.kappa_start = self.kappa if self.norm == 2 else defaults["kappa_start"]
+        self.warmup = _real(self.warmup, "warmup", 0.0, 1.0, open_high=True)
+        self.ramp = _real(self.ramp, "ramp", 0.0, 1.0)
+        self.kappa = _real(self.kappa, "kappa", 0.0, 1.0)
+        self.kappa_start = _real(self.kappa_start, "kappa_start", 0.0, 1.0)
+        self.train_eps_factor = _real(self.train_eps_factor, "train_eps_factor", 1.0)
+        if self.depth is not None:
+            self.depth = _art.validate_positive_int(self.depth, "depth")
+        if not isinstance(self.crown, (bool, np.bool_)):
+            raise TypeError(f"`crown` must be a bool, got {type(self.crown).__name__}.")
+        if self.crown and not (self.norm == math.inf and self.bound == "local"):
+            raise ValueError("`crown=True` applies only to norm=np.inf with bound='local'.")
+        self.n_power_iterations = _art.validate_positive_int(self.n_power_iterations, "n_power_iterations")
+        self.reg_weight, self.n_projections, self.n_rows = check_jacobian_settings(
+            self.norm, self.reg_weight, self.n_projections, self.n_rows, self._classifier.nb_classes
+        )
+        if self.loss == "bottom" and getattr(self._classifier.loss, "weight", None) is not None:
+            raise ValueError("`loss='bottom'` cannot use the class weights of `classifier.loss`; use loss='ce'.")
+        self._check_run_params()
+
+    def _build_margins(self) -> CertifiedMargins:
+        """The differentiable bounds of the classifier's model (checks that the model is supported)."""
+        affine = _art.preprocessing_affine(self._classifier)
+        clip = self._classifier.clip_values
+        try:
+            return CertifiedMargins(
+                self._classifier.model,
+                tuple(self._classifier.input_shape),
+                affine,
+                None if clip is None else (float(np.min(clip[0])), float(np.max(clip[1]))),
+                seed=0 if self.seed is None else int(self.seed),
+            )
+        except (UnsupportedOperationError, StopIteration) as err:
+            raise ValueError(
+                f"`classifier.model` is not supported by certified training ({err or 'no parameters'}); it must be an "
+                "nn.Sequential chain of Conv2d, Linear, ReLU, MaxPool2d and Flatten layers."
+            ) from err
+
+    def _objective(self) -> CertifiedObjective:
+        ce = cross_entropy_like(self._classifier.loss)
+        jacobian = None
+        if self.reg_weight > 0:
+            jacobian = JacobianRegularizedObjective(
+                self.norm, self.reg_weight, self.n_projections, self.n_rows, self._torch_gen
+            )
+        if self._margins.model is not self._classifier.model:  # the classifier's model was replaced
+            self._margins = self._build_margins()
+        schedule = EpsSchedule(self.eps * self.train_eps_factor, self.warmup, self.ramp, self.kappa_start, self.kappa)
+        return CertifiedObjective(
+            self._margins, self.norm, self.bound, schedule, self.loss, self.depth, self.crown,
+            self.n_power_iterations, jacobian, ce, self._classifier.nb_classes,
+        )  # fmt: skip
+
+    def _start_objective(self, objective: Any, nb_epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
+        objective.start(nb_epochs, steps_per_epoch, start_epoch)
+
+    def _checkpoint_settings(self) -> dict[str, Any]:
+        run_only = ("seed", "verbose", "nb_epochs", "batch_size")
+        return {name: getattr(self, name) for name in self.trainer_params if name not in run_only}
+
+    def _log_start(self, nb_epochs: int, level: int) -> None:
+        logger.log(
+            level,
+            "Certified training: norm=%s, eps=%g, bound=%s, loss=%s, ramp=%g, kappa=%g->%g, reg_weight=%g, %d epochs",
+            "2" if self.norm == 2 else "inf",
+            self.eps,
+            self.bound,
+            self.loss,
+            self.ramp,
+            self.kappa_start,
+            self.kappa,
+            self.reg_weight,
+            nb_epochs,
+        )
+
+    # ------------------------------------------------------------------ public API
+
+    def fit(  # type: ignore[override]
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+        batch_size: int | None = None,
+        nb_epochs: int | None = None,
+        scheduler: Any | None = None,
+        verbose: bool | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Train the classifier with the certified loss on arrays (same conventions as
+        :meth:`JacobianRegularizedTrainer.fit <art_jacreg.trainer.JacobianRegularizedTrainer.fit>`: reshuffled every
+        epoch from ``seed``, data-parallel under ``torch.distributed``, resumable from ``checkpoint``).
+
+        :param x: Training inputs ``(N, *input_shape)`` in raw units.
+        :param y: Labels, class indices ``(N,)`` or one-hot ``(N, nb_classes)``.
+        :param validation_data: Optional ``(x_val, y_val)``; its clean accuracy is stored in :attr:`history`.
+        :param batch_size: Mini-batch size; ``None`` uses the constructor's, else 128.
+        :param nb_epochs: Number of epochs; ``None`` uses the constructor's, else 20. The eps schedule spans them.
+        :param scheduler: Optional LR scheduler, stepped after every epoch.
+        :param verbose: Progress bar on/off; ``None`` uses the constructor's ``verbose``.
+        :param checkpoint: Optional checkpoint file, saved after every epoch and resumed from when it exists.
+        :param kwargs: Accepted for ART compatibility; ignored with a warning.
+        :raises FloatingPointError: If the loss, a gradient or the weights become NaN/inf (last good step restored).
+        """
+        self._check_params()
+        self._fit_arrays(x, y, validation_data, batch_size, nb_epochs, scheduler, verbose, checkpoint, kwargs)
+
+    def fit_generator(
+        self,
+        generator: DataGenerator,
+        nb_epochs: int | None = None,
+        scheduler: Any | None = None,
+        validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+        verbose: bool | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Train on batches from an ART data generator (conventions of
+        :meth:`JacobianRegularizedTrainer.fit_generator <art_jacreg.trainer.JacobianRegularizedTrainer.fit_generator>`).
+
+        :param generator: An ART :class:`~art.data_generators.DataGenerator` yielding ``(x_batch, y_batch)``.
+        :param nb_epochs: Number of epochs; ``None`` uses the constructor's, else 20.
+        :param scheduler: Optional LR scheduler.
+        :param validation_data: Optional ``(x_val, y_val)``.
+        :param verbose: Progress bar on/off.
+        :param checkpoint: Optional checkpoint file.
+        :param kwargs: Ignored with a warning.
+        :raises FloatingPointError: As in :meth:`fit`.
+        """
+        self._check_params()
+        self._fit_generator(generator, nb_epochs, scheduler, validation_data, verbose, checkpoint, kwargs)
+
+
+def _real(
+    value: Any,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> float:
+    """``value`` as a finite float in the given range, or a ``TypeError`` / ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}.")
+    value = float(value)
+    bad = not math.isfinite(value)
+    bad |= low is not None and (value <= low if open_low else value < low)
+    bad |= high is not None and (value >= high if open_high else value > high)
+    if bad:
+        lo = "" if low is None else f"{'>' if open_low else '>='} {low:g}"
+        hi = "" if high is None else f"{'<' if open_high else '<='} {high:g}"
+        raise ValueError(f"`{name}` must be a finite number {' and '.join(p for p in (lo, hi) if p)}, got {value!r}.")
+    return value
