@@ -81,9 +81,9 @@ def train_scenario(out_dir: Path, rank: int) -> dict:
 
 def nonfinite_on_one_rank(rank: int) -> dict:
     """Rank 1's loss becomes NaN at its third step while its gradients stay finite: every rank must roll back."""
-    from art_jacreg.training import objectives
+    from art_jacreg.training import jr_variants as objectives  # the trainer's training objective
 
-    original = objectives.JacobianRegularizedObjective.__call__
+    original = objectives.VariantObjective.__call__
     calls = {"n": 0}
 
     def nan_loss(self, forward, x, y):
@@ -103,7 +103,7 @@ def nonfinite_on_one_rank(rank: int) -> dict:
             before.update(weights(trainer))
         return original_step(self, *args, **kwargs)
 
-    objectives.JacobianRegularizedObjective.__call__ = nan_loss
+    objectives.VariantObjective.__call__ = nan_loss
     torch.optim.SGD.step = remember_then_step
     try:
         trainer.fit(x, y, batch_size=32, nb_epochs=1)
@@ -111,7 +111,7 @@ def nonfinite_on_one_rank(rank: int) -> dict:
     except FloatingPointError as err:
         message = str(err)
     finally:
-        objectives.JacobianRegularizedObjective.__call__ = original
+        objectives.VariantObjective.__call__ = original
         torch.optim.SGD.step = original_step
     after = weights(trainer)
     return {"nonfinite_message": message, "rolled_back": all(torch.equal(before[k], after[k]) for k in before),
@@ -120,9 +120,9 @@ def nonfinite_on_one_rank(rank: int) -> dict:
 
 def raise_scenario(out_dir: Path, rank: int) -> dict:
     """Rank 1 raises at its third training step; rank 0 must stop too (not wait forever)."""
-    from art_jacreg.training import objectives
+    from art_jacreg.training import jr_variants as objectives  # the trainer's training objective
 
-    original = objectives.JacobianRegularizedObjective.__call__
+    original = objectives.VariantObjective.__call__
     calls = {"n": 0}
 
     def failing(self, forward, x, y):
@@ -131,7 +131,7 @@ def raise_scenario(out_dir: Path, rank: int) -> dict:
             raise RuntimeError("injected failure on rank 1")
         return original(self, forward, x, y)
 
-    objectives.JacobianRegularizedObjective.__call__ = failing
+    objectives.VariantObjective.__call__ = failing
     x, y = data()
     make_trainer().fit(x, y, batch_size=32, nb_epochs=2)
     return {"finished": True}

@@ -54,7 +54,7 @@ def _tiny(**changes):
 
 def test_registry_has_every_art_trainer_and_jr_in_both_norms():
     trainers = {spec.trainer for spec in DEFENCES.values()}
-    assert trainers == {"plain", "fgsm", "madry", "pgd", "trades", "fbf", "awp", "ibp", "jr"}
+    assert trainers == {"plain", "fgsm", "madry", "pgd", "trades", "fbf", "awp", "ibp", "jr", "certified"}
     jr_norms = {spec.norm for spec in DEFENCES.values() if spec.trainer == "jr"}
     assert jr_norms == {2.0, np.inf}
     assert list_defences()[0] == "plain"
