@@ -266,11 +266,17 @@ class CertifiedJacobianTrainer(ArtTrainerFace):
             )
         if self._margins.model is not self._classifier.model:  # the classifier's model was replaced
             self._margins = self._build_margins()
-        schedule = EpsSchedule(self.eps * self.train_eps_factor, self.warmup, self.ramp, self.kappa_start, self.kappa)
         return CertifiedObjective(
-            self._margins, self.norm, self.bound, schedule, self.loss, self.depth, self.crown,
+            self._margins, self.norm, self.bound, self._schedule(), self.loss, self.depth, self.crown,
             self.n_power_iterations, jacobian, ce, self._classifier.nb_classes,
         )  # fmt: skip
+
+    def _schedule(self) -> EpsSchedule:
+        """The radius and clean-loss schedule of the parameters resolved by :meth:`_check_params`."""
+        ramp, kappa, kappa_start, factor = self.ramp, self.kappa, self.kappa_start, self.train_eps_factor
+        if ramp is None or kappa is None or kappa_start is None or factor is None:
+            raise RuntimeError("the schedule parameters are unresolved; `_check_params` must run first")
+        return EpsSchedule(self.eps * factor, self.warmup, ramp, kappa_start, kappa)
 
     def _start_objective(self, objective: Any, nb_epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
         objective.start(nb_epochs, steps_per_epoch, start_epoch)
@@ -296,7 +302,7 @@ class CertifiedJacobianTrainer(ArtTrainerFace):
 
     # ------------------------------------------------------------------ public API
 
-    def fit(  # type: ignore[override]
+    def fit(
         self,
         x: np.ndarray,
         y: np.ndarray,

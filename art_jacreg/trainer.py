@@ -315,7 +315,7 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
 
     # ------------------------------------------------------------------ public API
 
-    def fit(  # type: ignore[override]
+    def fit(
         self,
         x: np.ndarray,
         y: np.ndarray,

@@ -95,33 +95,58 @@ class ChainOps:
 
     # ---------------------------------------------------------------- linear algebra of one operation
 
+    def _module(self, i: int) -> nn.Module:
+        """The layer of operation ``i``; reshapes (``flatten``) have none."""
+        kind, mod, _, _ = self.ops[i]
+        if mod is None:
+            raise ValueError(f"operation {i} ({kind!r}) has no layer")
+        return mod
+
+    def _affine(self, i: int) -> nn.Linear | nn.Conv2d:
+        """The Linear or Conv2d layer of operation ``i``."""
+        mod = self.ops[i][1]
+        if not isinstance(mod, (nn.Linear, nn.Conv2d)):
+            raise TypeError(f"operation {i} ({self.ops[i][0]!r}) is not a Linear or Conv2d layer")
+        return mod
+
+    def _weight(self, i: int) -> torch.Tensor:
+        """Weight of the Linear or Conv2d layer of operation ``i``."""
+        return self._affine(i).weight
+
+    @staticmethod
+    def _conv_args(conv: nn.Conv2d) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]:
+        """``(stride, padding, dilation, groups)`` of a Conv2d with numeric padding (checked by :meth:`_kind`)."""
+        if isinstance(conv.padding, str):
+            raise UnsupportedOperationError(f"Conv2d with padding={conv.padding!r} is not supported")
+        return conv.stride, conv.padding, conv.dilation, conv.groups
+
     def _lin(self, i: int, h: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Linear part of operation ``i`` (no bias), optionally with another weight (``|W|``, ``W**2``)."""
-        kind, mod, _, out = self.ops[i]
+        kind, _, _, out = self.ops[i]
         if kind == "flatten":
             return h.reshape(h.shape[0], *out)
+        mod = self._affine(i)
         w = mod.weight if weight is None else weight
-        if kind == "linear":
+        if isinstance(mod, nn.Linear):
             return h @ w.T
-        if kind == "conv":
-            return F.conv2d(h, w, None, mod.stride, mod.padding, mod.dilation, mod.groups)
-        return h.reshape(h.shape[0], *out)  # flatten
+        stride, padding, dilation, groups = self._conv_args(mod)
+        return F.conv2d(h, w, None, stride, padding, dilation, groups)
 
     def _lin_t(self, i: int, g: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Adjoint of :meth:`_lin` on a batch ``(N, *out_shape)``."""
-        kind, mod, inp, _ = self.ops[i]
+        kind, _, inp, _ = self.ops[i]
         if kind == "flatten":
             return g.reshape(g.shape[0], *inp)
+        mod = self._affine(i)
         w = mod.weight if weight is None else weight
-        if kind == "linear":
+        if isinstance(mod, nn.Linear):
             return g @ w
-        if kind == "conv":
-            size = [g.shape[0], *inp]
-            return torch.nn.grad.conv2d_input(size, w, g, mod.stride, mod.padding, mod.dilation, mod.groups)
-        return g.reshape(g.shape[0], *inp)
+        size = [g.shape[0], *inp]
+        stride, padding, dilation, groups = self._conv_args(mod)
+        return torch.nn.grad.conv2d_input(size, w, g, stride, padding, dilation, groups)
 
     def _forward(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        return self.ops[i][1](h) if self.ops[i][0] != "flatten" else h.flatten(1)
+        return self._module(i)(h) if self.ops[i][0] != "flatten" else h.flatten(1)
 
     # ---------------------------------------------------------------- layer norms
 
@@ -150,8 +175,10 @@ class ChainOps:
                 self._u[i] = u
                 out.append(self._lin(i, u).norm())
             elif kind in ("linear", "conv"):
-                out.append(self._lin(i, torch.ones((1, *inp), dtype=dtype, device=device), mod.weight.abs()).max())
+                out.append(self._lin(i, torch.ones((1, *inp), dtype=dtype, device=device), self._weight(i).abs()).max())
             elif kind == "maxpool" and norm == 2:
+                if not isinstance(mod, nn.MaxPool2d):
+                    raise TypeError(f"operation {i} (maxpool) holds {type(mod).__name__}, not MaxPool2d")
                 out.append(torch.tensor(math.sqrt(_overlap(mod, inp)), dtype=dtype, device=device))
             else:
                 out.append(torch.ones((), dtype=dtype, device=device))

@@ -102,14 +102,14 @@ class CertifiedMargins(ChainOps):
                 rho, elementwise, seg = torch.ones_like(c[0]), True, torch.ones_like(seg)
             else:
                 mid, rad = (hi + lo) / 2, (hi - lo) / 2
-                absw = None if kind == "flatten" else self.ops[i][1].weight.abs()
+                absw = None if kind == "flatten" else self._weight(i).abs()
                 c = self._forward(i, c)
                 lo, hi = (
                     self._forward(i, mid) - self._lin(i, rad, absw),
                     self._forward(i, mid) + self._lin(i, rad, absw),
                 )
                 if elementwise and norm == 2 and kind in ("linear", "conv"):
-                    sq = self._lin(i, rho.square()[None], self.ops[i][1].weight.square())[0]
+                    sq = self._lin(i, rho.square()[None], self._weight(i).square())[0]
                     rho, elementwise = sq.clamp(min=1e-30).sqrt(), False
                 else:
                     rho = self._lin(i, rho[None], absw)[0]
@@ -164,15 +164,15 @@ class CertifiedMargins(ChainOps):
             a_t = self._pull(i, a_t)
         dual = a_t.flatten(2).norm(dim=-1) if norm == 2 else a_t.flatten(2).abs().sum(-1)
         lip = dual * self._prefix(norms, self.tail)
-        if logits is None and norm == 2:
-            logits = self.model(x * self.scale + self.shift)
-        if norm == 2 and bound == "global":
+        if norm == 2:
+            if logits is None:
+                logits = self.model(x * self.scale + self.shift)
             value = (rows * logits[:, None]).sum(-1)
-            return logits, self._scatter(value - eps[:, None] * lip, y)
-        if norm == 2:  # the intervals only decide which ReLUs are stable: no gradient needed through them
+            if bound == "global":
+                return logits, self._scatter(value - eps[:, None] * lip, y)
+            # the intervals only decide which ReLUs are stable: no gradient needed through them
             with torch.no_grad():
                 lows, ups, _ = self.intervals(x, eps, norm, [n.detach() for n in norms])
-            value = (rows * logits[:, None]).sum(-1)
             best = value - eps[:, None] * lip
             nonlin = [i for i, (k, *_) in enumerate(self.ops) if k in ("relu", "maxpool")]
             stop = 0 if depth is None or depth >= len(nonlin) else nonlin[len(nonlin) - depth]
@@ -227,13 +227,13 @@ class CertifiedMargins(ChainOps):
     def _split(self, rows, lows, ups, norms, stop) -> torch.Tensor:
         """``min_i ||(|c_i| + r_i)||_2 L_{0..i}`` over the boundaries ``i >= stop`` the interval Jacobian reaches."""
         c, r = rows, torch.zeros_like(rows)
-        best = None
+        best: torch.Tensor | None = None
         for i in range(len(self.ops), stop - 1, -1):
             value = (c.abs() + r).flatten(2).norm(dim=-1) * self._prefix(norms, i)
             best = value if best is None else torch.minimum(best, value)
             if i == stop:
                 break
-            kind, mod = self.ops[i - 1][:2]
+            kind = self.ops[i - 1][0]
             if kind == "relu":
                 lo_b, hi_b = lows[i - 1][:, None], ups[i - 1][:, None]
                 lo, hi = c - r, c + r
@@ -242,17 +242,19 @@ class CertifiedMargins(ChainOps):
                 hi = torch.where(active, hi, torch.where(unstable, hi.clamp(min=0), 0.0))
                 c, r = (hi + lo) / 2, (hi - lo) / 2
             elif kind in ("linear", "conv", "flatten"):
-                absw = None if kind == "flatten" else mod.weight.abs()
+                absw = None if kind == "flatten" else self._weight(i - 1).abs()
                 c, r = self._pull(i - 1, c), self._pull(i - 1, r, absw)
             else:  # pooling: stop the local part here (the global prefix above is still sound)
                 break
+        if best is None:
+            raise ValueError(f"`stop` must be at most the number of operations ({len(self.ops)}), got {stop}.")
         return best
 
     def _crown(self, rows, lows, ups, x, eps) -> torch.Tensor:
         """CROWN-IBP: lower bound of ``rows · f(x')`` over the box, every ReLU relaxed on its interval."""
         a, const = rows, torch.zeros(rows.shape[:2], dtype=rows.dtype, device=rows.device)
         for i in range(len(self.ops) - 1, -1, -1):
-            kind, mod, _, out = self.ops[i]
+            kind, _, _, out = self.ops[i]
             if kind == "relu":
                 low_slope, up_slope, up_icpt = relu_relaxation(lows[i][:, None], ups[i][:, None])
                 neg = a.clamp(max=0)
@@ -261,8 +263,9 @@ class CertifiedMargins(ChainOps):
             elif kind == "maxpool":
                 raise UnsupportedOperationError("crown=True does not support MaxPool2d; use crown=False")
             else:
-                if kind != "flatten" and mod.bias is not None:
-                    const = const + (a * mod.bias.reshape(-1, *([1] * (len(out) - 1)))).flatten(2).sum(-1)
+                bias = None if kind == "flatten" else self._affine(i).bias
+                if bias is not None:
+                    const = const + (a * bias.reshape(-1, *([1] * (len(out) - 1)))).flatten(2).sum(-1)
                 a = self._pull(i, a)
         const = const + (a * self.shift).flatten(2).sum(-1)
         a = a * self.scale

@@ -65,7 +65,7 @@ def _set_generator_state(gen: Generator, state: Any) -> None:
 def _random_states(generators: dict[str, Generator]) -> dict[str, Any]:
     """The random states of this process: global generators and the run's own ones (only picklable plain types)."""
     numpy_state = np.random.get_state(legacy=False)
-    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()  # type: ignore[index]
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
     states: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": numpy_state,

@@ -241,6 +241,12 @@ class VariantObjective(JacobianRegularizedObjective):
         self.clip_values = clip_values
         self.weight_factor = 1.0 if self.warmup == 0 else warmup_factor(1, self.warmup)
 
+    def _radius(self) -> float:
+        """``eps``, which :func:`check_variant_settings` requires with ``perturbation`` or ``finite_difference``."""
+        if self.eps is None:
+            raise RuntimeError("`eps` is required with `perturbation` or `finite_difference`; it is None.")
+        return self.eps
+
     def start_epoch(self, epoch: int) -> None:
         """Set the warm-up factor of ``epoch`` (1-based).
 
@@ -262,7 +268,9 @@ class VariantObjective(JacobianRegularizedObjective):
         # With perturbed_terms="both" the cross-entropy is taken at the perturbed point even when reg_weight is 0
         # (then this is fast adversarial training alone).
         if self.perturbation is not None and (regularize or self.perturbed_terms == "both"):
-            x_reg = perturb(forward, x, y, self.norm, self.eps, self.perturbation, self.clip_values, self.generator)
+            x_reg = perturb(
+                forward, x, y, self.norm, self._radius(), self.perturbation, self.clip_values, self.generator
+            )
         split = regularize and self.perturbation is not None and self.perturbed_terms == "regularizer"
         # One forward pass: the clean points (cross-entropy) and the perturbed ones (regulariser) are concatenated.
         x_in = (torch.cat([x.detach(), x_reg]) if split else x_reg).clone().requires_grad_(regularize)
@@ -299,5 +307,5 @@ class VariantObjective(JacobianRegularizedObjective):
             return self.regularizer(x, logits, create_graph=create_graph)
         values = per_sample_scalar(self.target, logits, y)
         if self.finite_difference:
-            return finite_difference_penalty(forward, x, values, y, self.target, self.norm, self.eps)  # type: ignore[arg-type]
+            return finite_difference_penalty(forward, x, values, y, self.target, self.norm, self._radius())
         return input_gradient_penalty(x, values, self.norm, create_graph=create_graph)

@@ -85,7 +85,7 @@ def check_jacobian_settings(
         n_rows = validate_positive_int(n_rows, "n_rows")
         if n_rows > nb_classes:
             raise ValueError(f"`n_rows` must be at most nb_classes ({nb_classes}), got {n_rows}.")
-    return float(reg_weight), n_projections, n_rows  # type: ignore[return-value]
+    return float(reg_weight), n_projections, n_rows
 
 
 class JacobianRegularizedObjective:
