@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_pytorch_classifier",
+    "wrapped_model",
+    "classifier_arguments",
     "logits_function",
     "preprocessing_affine",
     "validate_x",
@@ -62,6 +64,43 @@ def check_pytorch_classifier(classifier: Any, name: str = "classifier") -> None:
         raise ValueError(f"`{name}` has postprocessing_defences, which art-jacreg does not support.")
     if not classifier.all_framework_preprocessing:
         raise ValueError(f"`{name}` must use PyTorch preprocessing only (all_framework_preprocessing is False).")
+
+
+def wrapped_model(classifier: Any) -> torch.nn.Module:
+    """The module ART runs the model in (``classifier._model``: the user's model inside ART's wrapper).
+
+    Train/eval mode and the parameters are the user's model's; the trainers drive the optimizer through it.
+
+    :param classifier: An ART ``PyTorchClassifier``.
+    :return: The wrapper module.
+    """
+    return classifier._model
+
+
+def classifier_arguments(classifier: Any) -> dict[str, Any]:
+    """The constructor arguments of ``PyTorchClassifier`` that rebuild ``classifier`` around the same objects.
+
+    The model, loss and optimizer are shared, not copied.
+
+    :param classifier: An ART ``PyTorchClassifier``.
+    :return: Keyword arguments for ``PyTorchClassifier.__init__`` (and subclasses with the same signature).
+    """
+    return {
+        "model": classifier.model,
+        "loss": classifier._loss,
+        "input_shape": classifier.input_shape,
+        "nb_classes": classifier.nb_classes,
+        "optimizer": classifier._optimizer,
+        "use_amp": classifier._use_amp,
+        "opt_level": classifier._opt_level,
+        "loss_scale": classifier._loss_scale,
+        "channels_first": classifier.channels_first,
+        "clip_values": classifier.clip_values,
+        "preprocessing_defences": classifier.preprocessing_defences,
+        "postprocessing_defences": classifier.postprocessing_defences,
+        "preprocessing": classifier.preprocessing,
+        "device_type": "cpu" if classifier.device.type == "cpu" else "gpu",
+    }
 
 
 def logits_function(classifier: Any) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from art.estimators.classification import PyTorchClassifier
 
-from art_jacreg import _validate, reporting
+from art_jacreg import _art, _validate, reporting
 from art_jacreg._validate import METHODS
 from art_jacreg.bound_report import BoundReport
 
@@ -126,23 +126,7 @@ class JacobianBoundReporter(PyTorchClassifier):
                 "`classifier` must be an art.estimators.classification.PyTorchClassifier, "
                 f"got {type(classifier).__name__}."
             )
-        return cls(
-            classifier.model,
-            classifier._loss,
-            classifier.input_shape,
-            classifier.nb_classes,
-            optimizer=classifier._optimizer,
-            use_amp=classifier._use_amp,
-            opt_level=classifier._opt_level,
-            loss_scale=classifier._loss_scale,
-            channels_first=classifier.channels_first,
-            clip_values=classifier.clip_values,
-            preprocessing_defences=classifier.preprocessing_defences,
-            postprocessing_defences=classifier.postprocessing_defences,
-            preprocessing=classifier.preprocessing,
-            device_type="cpu" if classifier.device.type == "cpu" else "gpu",
-            verbose=verbose,
-        )
+        return cls(**_art.classifier_arguments(classifier), verbose=verbose)
 
     # ------------------------------------------------------------------ helpers (see art_jacreg.reporting)
 

@@ -412,7 +412,7 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
         func = _art.logits_function(self._classifier)
         objective = self._objective(training=False)
         out = []
-        with _art.model_mode(self._classifier._model, False):
+        with _art.model_mode(_art.wrapped_model(self._classifier), False):
             for start in range(0, x_arr.shape[0], batch_size):
                 x_t = torch.from_numpy(x_arr[start : start + batch_size]).to(self._classifier.device)
                 x_t.requires_grad_(True)

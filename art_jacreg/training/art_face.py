@@ -96,7 +96,7 @@ class ArtTrainerFace(Trainer):
         :param kwargs: Passed to the classifier's ``predict`` (e.g. ``batch_size``).
         :return: The classifier's outputs ``(N, nb_classes)``.
         """
-        module = self._classifier._model
+        module = _art.wrapped_model(self._classifier)
         with _art.model_mode(module, module.training):
             return self._classifier.predict(x, **kwargs)
 
@@ -196,7 +196,7 @@ class ArtTrainerFace(Trainer):
         self._log_start(nb_epochs, logging.INFO if group is None or group[0] == 0 else logging.DEBUG)
         forward = _art.logits_function(self._classifier)
         device = self._classifier.device
-        module, optimizer = self._classifier._model, preflight.optimizer_of(self._classifier)
+        module, optimizer = _art.wrapped_model(self._classifier), preflight.optimizer_of(self._classifier)
         objective = self._objective()
         generators: dict[str, Any] = {"shuffle": self._np_rng, "estimator": self._torch_gen}
         hooks: LoopHooks = LoopHooks()
