@@ -27,10 +27,8 @@ model's dtype. The certificates users see come from :func:`~art_jacreg.certify.c
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
-from torch import nn
 
 from art_jacreg.certify._common import margin_rows, validate_norm
 from art_jacreg.certify.certified_loss import certified_cross_entropy, worst_case_logits
@@ -54,16 +52,6 @@ class CertifiedMargins(ChainOps):
     :param seed: Seed of the power-iteration start vectors.
     :raises UnsupportedOperationError: For a layer the bounds do not support.
     """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        input_shape: tuple[int, ...],
-        preprocessing: tuple[Any, Any] | None = None,
-        clip_values: tuple[float, float] | None = (0.0, 1.0),
-        seed: int = 0,
-    ) -> None:
-        super().__init__(model, input_shape, preprocessing, clip_values, seed)
 
     # ---------------------------------------------------------------- bounds
 
