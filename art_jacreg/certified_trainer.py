@@ -64,12 +64,12 @@ class CertifiedJacobianTrainer(ArtTrainerFace):
     ``(0.1307, 0.3081)``, Adam 1e-3, batch 128, 40 epochs, certified by ``certify(method="interval")`` on the 1,000
     test digits (clean / certified accuracy at eps, time per epoch relative to plain training):
 
-    ======================  ==================  ==================  =================
-    training                l2 eps 0.3          l2 eps 1.0          l-inf eps 0.1
-    ======================  ==================  ==================  =================
-    ``bound="global"``      0.971 / 0.847, 1.4x 0.841 / 0.462       0.969 / 0.896, 3.9x
-    ``bound="local"``       0.972 / 0.846, 2.9x 0.831 / 0.420, 3.9x 0.971 / 0.891, 4.6x
-    ======================  ==================  ==================  =================
+    ======================  =====================  =====================  =====================
+    training                l2 eps 0.3             l2 eps 1.0             l-inf eps 0.1
+    ======================  =====================  =====================  =====================
+    ``bound="global"``      0.971 / 0.847, 1.4x    0.841 / 0.462          0.969 / 0.896, 3.9x
+    ``bound="local"``       0.972 / 0.846, 2.9x    0.831 / 0.420, 3.9x    0.971 / 0.891, 4.6x
+    ======================  =====================  =====================  =====================
 
     The local bounds certified no more than the global ones there and cost 2-4 times more, so ``bound`` defaults
     to ``"global"``. l2 schedule defaults: ``ramp=0.25`` (eps grows linearly over the first quarter of the steps),
