@@ -182,7 +182,8 @@ def _run(
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(protocol)
     rows, runs = [], []
-    jobs = [(spec, seed) for spec in specs for seed in protocol.seeds]
+    # Seed-major order: a partial (interrupted) run holds every defence at the first seed before any second seed.
+    jobs = [(spec, seed) for seed in protocol.seeds for spec in specs]
     bar = tqdm(jobs, desc="defences x seeds", disable=quiet, unit="run")
     for spec, seed in bar:
         bar.set_postfix_str(f"{spec.name} seed {seed}")
@@ -201,6 +202,8 @@ def _run(
         rows.append(row)
         runs.append((spec.name, seed))
         logger.info("%s seed %d: done (%s)", spec.name, seed, row["status"])
+    order = {spec.name: i for i, spec in enumerate(specs)}
+    rows.sort(key=lambda row: (order.get(row["defence"], len(order)), row.get("seed", 0)))
     seconds = time.perf_counter() - start
     meta = {
         "preset": protocol.name,
