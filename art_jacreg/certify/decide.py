@@ -99,15 +99,27 @@ def _local_families(
     return [(idx, ball(k)) for k in sorted(seeds)]  # the cheapest first: fewer operations below k
 
 
-def _run_families(net: PiecewiseLinearNetwork, pairs: _Pairs, bounds: Bounds, method: str) -> None:
-    """Offer every family of one set of candidate bounds (indexed like the pairs) to the pairs still open."""
+def _offer_relaxation(net: PiecewiseLinearNetwork, pairs: _Pairs, bounds: Bounds, start: int) -> bool:
+    """Offer the linear relaxation of operations ``start..`` to the open pairs; return whether any stay open."""
     idx = pairs.open()
     if idx.numel() == 0:
-        return
-    start = 0 if (pairs.s.norm == math.inf or method == "linear") else tail_start(net)
+        return False
     whole = len(idx) == len(pairs.best)
     sub, s = (bounds, pairs.s) if whole else (subset_bounds(bounds, idx), pairs.s.subset(idx))
     pairs.offer(idx, backward_lower(net, s, sub, pairs.rows[idx], len(net.ops), start))
+    return bool(pairs.open().numel() > 0)
+
+
+def _run_families(net: PiecewiseLinearNetwork, pairs: _Pairs, bounds: Bounds, method: str) -> None:
+    """Offer every family of one set of candidate bounds (indexed like the pairs) to the pairs still open."""
+    tail = tail_start(net)
+    start = 0 if (pairs.s.norm == math.inf or method == "linear") else tail
+    # where the relaxation goes down to the input, the final affine block alone first: cheap, and on networks
+    # trained with interval bounds often the tighter of the two
+    if start == 0 and tail > 0 and not _offer_relaxation(net, pairs, bounds, tail):
+        return
+    if not _offer_relaxation(net, pairs, bounds, start):
+        return
     if not (pairs.s.norm == 2 or method == "linear"):
         return
     local = pairs.open()
