@@ -37,13 +37,16 @@ import time
 import numpy as np
 import torch
 
-from art_jacreg import CertifiedJacobianTrainer, JacobianBoundReporter, JacobianRegularizedTrainer
+from art_jacreg import CertifiedJacobianTrainer, JacobianBoundReporter, JacobianRegularizedTrainer, models
+from art_jacreg.attacks import run_attack
 from art_jacreg.data import load_mnist
-from art_jacreg.models import make_classifier, mnist_cnn
+from art_jacreg.models import make_classifier
 
 MEAN, STD = 0.1307, 0.3081
 DEFAULT_RUNS = "global:2:0.3,local:2:0.3,global:2:1.0,local:2:1.0,global:inf:0.1,local:inf:0.1"
 #: Run keys -> CertifiedJacobianTrainer arguments.
+#: AutoAttack radii per norm (the fast APGD-CE + APGD-DLR pair of the comparison harness, 20 iterations).
+AA_EPS = {2.0: (1.0, 1.5), math.inf: (0.1, 0.3)}
 KEYS = {"variant": "loss", "kappa": "kappa", "ramp": "ramp", "train_eps": "train_eps_factor", "crown": "crown",
         "depth": "depth", "reg": "reg_weight"}  # fmt: skip
 
@@ -57,6 +60,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="2,000 training digits, 10 epochs, 300 test digits")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-plain", action="store_true", help="skip the plain-training reference row")
+    parser.add_argument("--model", default="mnist_cnn", choices=("mnist_cnn", "mnist_maxpool_cnn"))
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--lr-schedule", default="cosine", choices=("cosine", "none"), help="learning rate per epoch (default cosine)"
+    )
+    parser.add_argument(
+        "--art-ibp", default="", help="comma-separated l-inf eps for ART's IBP trainer rows (Gowal ramp)"
+    )
+    parser.add_argument("--n-attack", type=int, default=500, help="test digits attacked by AutoAttack (0: skip)")
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.n_train, args.n_test = min(args.epochs, 10), min(args.n_train, 2000), min(args.n_test, 300)
@@ -68,18 +80,19 @@ def parse_run(spec: str) -> dict:
     run = {"bound": bound, "norm": 2.0 if norm in ("2", "l2") else math.inf, "eps": float(eps)}
     for item in extra:
         key, value = item.split("=")
-        if key not in (*KEYS, "epochs"):
-            raise SystemExit(f"unknown run key {key!r} in {spec!r}; known: {', '.join((*KEYS, 'epochs'))}")
-        run[key] = value if key == "variant" else float(value)
+        if key not in (*KEYS, "epochs", "lr"):
+            raise SystemExit(f"unknown run key {key!r} in {spec!r}; known: {', '.join((*KEYS, 'epochs', 'lr'))}")
+        run[key] = value if key in ("variant", "lr") else float(value)
     return run
 
 
-def train(run: dict | None, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> tuple:
-    """Train ``mnist_cnn``; ``run=None`` is plain cross-entropy. Returns ``(classifier, trainer, s per epoch)``."""
-    torch.manual_seed(seed)
-    clf = make_classifier(mnist_cnn(seed=seed), preprocessing=(MEAN, STD))
+def train(run: dict | None, x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> tuple:
+    """Train the model; ``run=None`` is plain cross-entropy. Returns ``(classifier, trainer, s per epoch)``."""
+    torch.manual_seed(args.seed)
+    clf = make_classifier(getattr(models, args.model)(seed=args.seed), preprocessing=(MEAN, STD))
+    epochs = args.epochs
     if run is None:
-        trainer = JacobianRegularizedTrainer(clf, reg_weight=0.0, seed=seed, verbose=False)
+        trainer = JacobianRegularizedTrainer(clf, reg_weight=0.0, seed=args.seed, verbose=False)
     else:
         epochs = int(run.get("epochs", epochs))
         options = {KEYS[k]: v for k, v in run.items() if k in KEYS}
@@ -88,11 +101,40 @@ def train(run: dict | None, x: np.ndarray, y: np.ndarray, epochs: int, seed: int
         if "depth" in options:
             options["depth"] = None if options["depth"] < 0 else int(options["depth"])
         trainer = CertifiedJacobianTrainer(
-            clf, norm=run["norm"], eps=run["eps"], bound=run["bound"], seed=seed, verbose=False, **options
+            clf, norm=run["norm"], eps=run["eps"], bound=run["bound"], seed=args.seed, verbose=False, **options
         )
+    schedule = args.lr_schedule if run is None else run.get("lr", args.lr_schedule)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(clf.optimizer, epochs) if schedule == "cosine" else None
     t0 = time.perf_counter()
-    trainer.fit(x, y, batch_size=128, nb_epochs=epochs)
+    trainer.fit(x, y, batch_size=args.batch_size, nb_epochs=epochs, scheduler=scheduler)
     return clf, trainer, (time.perf_counter() - t0) / epochs
+
+
+def train_art_ibp(eps: float, x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> tuple:
+    """ART's ``AdversarialTrainerCertifiedIBPPyTorch`` with the comparison's Gowal ramp, same data and epochs."""
+    from art_jacreg.compare.art_glue import classifier
+    from art_jacreg.compare.registry import get_defence
+    from art_jacreg.compare.training import TrainContext, train_defence
+
+    ctx = TrainContext(x, y, args.epochs, args.batch_size, 1e-3, args.seed, {"2": 1.0, "inf": eps}, model=args.model)
+    outcome = train_defence(get_defence("ibp"), ctx)
+    return classifier(outcome.model, ctx), outcome.seconds / args.epochs  # raw inputs, as the harness trains it
+
+
+def attacked(clf, x: np.ndarray, y: np.ndarray, norm: float, n: int) -> str:
+    """AutoAttack accuracy (fast pair) on the first ``n`` digits at the radii of :data:`AA_EPS`."""
+    if n <= 0:
+        return "-"
+    accs = [float(np.mean(run_attack(clf, x[:n], y[:n], e, norm, "autoattack", 256, {"max_iter": 20}).prediction
+                          == y[:n])) for e in AA_EPS[norm]]  # fmt: skip
+    return " / ".join(f"{a:.3f}" for a in accs)
+
+
+def certify(clf, x: np.ndarray, y: np.ndarray, norm: float, eps: float) -> tuple[float, float, float]:
+    """Clean accuracy, certified accuracy at ``eps`` (``method="interval"``) and the seconds it took."""
+    t0 = time.perf_counter()
+    pred, radius = JacobianBoundReporter.from_classifier(clf, verbose=False).certify(x, norm=norm, method="interval")
+    return float(np.mean(pred == y)), float(np.mean((pred == y) & (radius >= eps))), time.perf_counter() - t0
 
 
 def main() -> None:
@@ -105,30 +147,37 @@ def main() -> None:
     plain = 0.0
     rows = []
     if not args.no_plain:
-        clf, _, plain = train(None, x_train, y_train, args.epochs, args.seed)
+        clf, _, plain = train(None, x_train, y_train, args)
         pred = clf.predict(x_test).argmax(1)
-        rows.append(("plain CE", float(np.mean(pred == y_test)), "-", plain, 1.0))
-    for spec in args.runs.split(","):
+        rows.append(("plain CE", float(np.mean(pred == y_test)), "-", "-", plain, 1.0))
+    for spec in filter(None, args.runs.split(",")):
         run = parse_run(spec)
-        clf, trainer, per_epoch = train(run, x_train, y_train, args.epochs, args.seed)
-        t0 = time.perf_counter()
-        pred, radius = JacobianBoundReporter.from_classifier(clf, verbose=False).certify(
-            x_test, norm=run["norm"], method="interval"
-        )
-        cert_s = time.perf_counter() - t0
-        clean = float(np.mean(pred == y_test))
-        cert = float(np.mean((pred == y_test) & (radius >= run["eps"])))
+        clf, trainer, per_epoch = train(run, x_train, y_train, args)
+        clean, cert, cert_s = certify(clf, x_test, y_test, run["norm"], run["eps"])
         params = trainer.get_params()
         shown = ("loss", "ramp", "kappa_start", "kappa", "train_eps_factor", "reg_weight")
         extra = ",".join(f"{k}={params[k]:g}" if k != "loss" else f"{k}={params[k]}" for k in shown)
+        extra += f",lr={run.get('lr', args.lr_schedule)}"
         name = f"{run['bound']} l{'2' if run['norm'] == 2 else 'inf'} eps {run['eps']:g} ({extra})"
-        rows.append((name, clean, f"{cert:.3f}", per_epoch, per_epoch / plain if plain else float("nan")))
-        print(f"{name}: clean {clean:.3f} certified {cert:.3f} {per_epoch:.2f} s/epoch (certify {cert_s:.0f} s)")
-    print(f"\n{args.n_train} training digits, {args.epochs} epochs, {args.n_test} test digits, one torch thread\n")
-    print("| training | clean | certified at eps | train s/epoch | ratio to plain |")
-    print("|---|---:|---:|---:|---:|")
-    for name, clean, cert, sec, ratio in rows:
-        print(f"| {name} | {clean:.3f} | {cert} | {sec:.2f} | {ratio:.1f}x |")
+        aa = attacked(clf, x_test, y_test, run["norm"], args.n_attack)
+        rows.append((name, clean, f"{cert:.3f}", aa, per_epoch, per_epoch / plain if plain else float("nan")))
+        print(
+            f"{name}: clean {clean:.3f} certified {cert:.3f} AA {aa} {per_epoch:.2f} s/epoch (certify {cert_s:.0f} s)"
+        )
+    for eps in (float(e) for e in filter(None, args.art_ibp.split(","))):
+        clf, per_epoch = train_art_ibp(eps, x_train, y_train, args)
+        clean, cert, _ = certify(clf, x_test, y_test, math.inf, eps)
+        aa = attacked(clf, x_test, y_test, math.inf, args.n_attack)
+        name = f"ART IBP trainer linf eps {eps:g} (Gowal ramp)"
+        rows.append((name, clean, f"{cert:.3f}", aa, per_epoch, per_epoch / plain if plain else float("nan")))
+        print(f"{name}: clean {clean:.3f} certified {cert:.3f} AA {aa} {per_epoch:.2f} s/epoch")
+    print(f"\n{args.model}, {args.n_train} training digits, {args.epochs} epochs, batch {args.batch_size}, "
+          f"{args.n_test} test digits certified, AutoAttack (fast pair, 20 iterations) on {args.n_attack} at "
+          f"l2 1.0 / 1.5 or l-inf 0.1 / 0.3, seed {args.seed}, one torch thread\n")  # fmt: skip
+    print("| training | clean | certified at eps | AutoAttack | train s/epoch | ratio to plain |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, clean, cert, aa, sec, ratio in rows:
+        print(f"| {name} | {clean:.3f} | {cert} | {aa} | {sec:.2f} | {ratio:.1f}x |")
 
 
 if __name__ == "__main__":
