@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import trange
 
-from art_jacreg._art import model_mode
+from art_jacreg._model_state import model_mode
 from art_jacreg.training.guard import RollbackGuard, all_finite
 
 __all__ = ["ObjectiveOutput", "Objective", "LoopHooks", "TrainingLoop", "accuracy"]
