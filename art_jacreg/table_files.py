@@ -85,7 +85,7 @@ def read_csv(path: str | os.PathLike, dtypes: dict[str, Any]) -> tuple[dict[str,
     return meta, kinds, columns
 
 
-def decode_json_columns(data: dict[str, list[Any]], dtypes: dict[str, Any]) -> dict[str, np.ndarray]:
+def decode_json_columns(data: dict[str, list[Any]], dtypes: dict[str, Any]) -> dict[str, Any]:
     """The arrays of the ``data`` part of a JSON file (non-finite float strings and ``None`` decoded).
 
     :param data: Column name -> list of JSON values.
