@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -21,14 +21,11 @@ from art_jacreg.training import batches, checks, distributed, preflight
 from art_jacreg.training.checkpoint import CheckpointHooks
 from art_jacreg.training.loop import LoopHooks, TrainingLoop, accuracy
 
-if TYPE_CHECKING:
-    from art_jacreg.training.art_face import ArtTrainerFace
-
 __all__ = ["run_training", "steps_per_epoch"]
 
 
 def run_training(
-    trainer: ArtTrainerFace,
+    trainer: Any,
     epoch_batches: batches.EpochBatches,
     nb_epochs: int,
     validation: tuple[np.ndarray, np.ndarray] | None,
@@ -39,7 +36,8 @@ def run_training(
 ) -> list[dict[str, Any]]:
     """Run the training loop with the trainer's objective and return the history.
 
-    :param trainer: The trainer (its parameters checked): classifier, random streams, objective, checkpoint settings.
+    :param trainer: The :class:`~art_jacreg.training.art_face.ArtTrainerFace` (its parameters checked): classifier,
+        random streams, objective, checkpoint settings.
     :param epoch_batches: The batches of every epoch (this process's shard for arrays under ``torch.distributed``).
     :param nb_epochs: Number of epochs.
     :param validation: Validated ``(x_val, y_val)`` or ``None``.
@@ -62,9 +60,7 @@ def run_training(
         hooks = distributed.DistributedHooks(module, device, shard_batches=by_batch)
         distributed.agree_on_run(hooks, {"nb_epochs": nb_epochs, **(run or {})})
         distributed.synchronise_generators(hooks, trainer._np_rng, trainer._torch_gen)
-        objective.generator = generators["rank_estimator"] = distributed.rank_generator(  # type: ignore[attr-defined]
-            trainer._torch_gen, hooks.rank
-        )
+        objective.generator = generators["rank_estimator"] = distributed.rank_generator(trainer._torch_gen, hooks.rank)
     start, previous = 0, None
     if checkpoint is not None:
         settings = {"trainer": trainer._checkpoint_settings(), **(run or {})}
