@@ -2,21 +2,22 @@
 
 Everything that touches ART internals lives here, tested once: the differentiable forward pass through ART's
 ``preprocessing`` (so Jacobians are taken w.r.t. the raw input the attacker perturbs), the checks of the model a
-certificate is about, the context that leaves the user's model as found, and :func:`network_of`, the one cached
-certifiable network of a classifier. Argument validation itself lives in :mod:`art_jacreg._validate`; the
-``validate_*`` names here are kept for compatibility.
+certificate is about, and :func:`network_of`, the one cached certifiable network of a classifier (the value-keyed
+cache is :mod:`art_jacreg._network_cache`). Argument validation lives in :mod:`art_jacreg._validate` and the contexts
+that leave the user's model as found in :mod:`art_jacreg._model_state`; the names re-exported here from both are
+kept for compatibility.
 """
 
 from __future__ import annotations
 
-import contextlib
-import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from art_jacreg import _validate
+from art_jacreg._model_state import model_mode, preserved_model_state, seeded
+from art_jacreg._network_cache import cached_network
 
 if TYPE_CHECKING:
     import torch
@@ -200,63 +201,6 @@ def check_logit_count(classifier: Any, num_logits: int, name: str = "classifier"
         )
 
 
-def _model_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    params = [(f"parameter {n}", t) for n, t in model.named_parameters()]
-    return params + [(f"buffer {n}", t) for n, t in model.named_buffers()]
-
-
-_SETTING_TYPES = (bool, int, float, str, tuple)
-
-
-def _model_structure(model: torch.nn.Module) -> tuple[tuple[Any, ...], ...]:
-    """Name, type and settings of every submodule: its ``extra_repr`` (shapes, strides, paddings...) and its public
-    plain-value attributes (e.g. a ``scale`` its ``forward`` reads), the train/eval flag excepted.
-    """
-    return tuple(
-        (
-            name,
-            type(m),
-            m.extra_repr(),
-            tuple(
-                (k, v)
-                for k, v in sorted(vars(m).items())
-                if not k.startswith("_") and k != "training" and isinstance(v, _SETTING_TYPES)
-            ),
-        )
-        for name, m in model.named_modules()
-    )
-
-
-class _CachedNetwork:
-    """A built network with the exact values it was built from (copies, compared by value, never by address)."""
-
-    def __init__(self, model: torch.nn.Module, network: Any) -> None:
-        self.structure = _model_structure(model)
-        self.tensors = [(n, t.detach().clone()) for n, t in _model_tensors(model)]
-        self.network = network
-
-    def matches(self, model: torch.nn.Module) -> bool:
-        import torch
-
-        if _model_structure(model) != self.structure:
-            return False
-        current = _model_tensors(model)
-        if len(current) != len(self.tensors):
-            return False
-        for (name, t), (stored_name, stored) in zip(current, self.tensors):
-            if name != stored_name or t.dtype != stored.dtype or t.shape != stored.shape or t.device != stored.device:
-                return False
-            if not torch.equal(t.detach(), stored):
-                return False
-        return True
-
-
-#: The cache of :func:`network_of`: model -> {(input_shape, preprocessing values): _CachedNetwork}. Weak keys, so a
-#: model that is garbage collected takes its entries with it; at most ``_CONFIGS_PER_MODEL`` entries per model.
-_NETWORKS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], _CachedNetwork]] = weakref.WeakKeyDictionary()
-_CONFIGS_PER_MODEL = 4
-
-
 def network_of(classifier: Any) -> Any:
     """The certifiable network of the classifier's current model and preprocessing, cached on the weights' values.
 
@@ -268,7 +212,7 @@ def network_of(classifier: Any) -> Any:
     change (an optimizer step, an in-place ``.data`` edit, ``load_state_dict``, a swapped submodule, a new stride)
     rebuilds it, so certificates always follow the current weights, and so do the caches the certifiers store on the
     network object (it holds float64 copies, never the model's tensors). The cache costs one copy of the model's
-    tensors; it lives in the module-level weak dictionary ``_NETWORKS`` keyed on the model. Not detected: a
+    tensors; it lives in :mod:`art_jacreg._network_cache` (weak references to the models). Not detected: a
     ``forward`` replaced on the instance or reading non-plain attributes.
 
     :param classifier: An ART ``PyTorchClassifier``.
@@ -284,87 +228,9 @@ def network_of(classifier: Any) -> Any:
         tuple(int(s) for s in classifier.input_shape),
         None if affine is None else tuple((a.dtype.str, a.shape, a.tobytes()) for a in affine),
     )
-    entries = _NETWORKS.setdefault(model, {})
-    cached = entries.get(config)
-    if cached is not None and cached.matches(model):
-        return cached.network
-    with model_mode(model, False):
-        network = certify.build_network(model, config[0], preprocessing=affine)
-    entries.pop(config, None)
-    entries[config] = _CachedNetwork(model, network)
-    while len(entries) > _CONFIGS_PER_MODEL:
-        entries.pop(next(iter(entries)))
-    return network
 
+    def build() -> Any:
+        with model_mode(model, False):
+            return certify.build_network(model, config[0], preprocessing=affine)
 
-@contextlib.contextmanager
-def preserved_model_state(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Leave the model exactly as found: train/eval modes, ``requires_grad`` flags and ``.grad`` of every parameter.
-
-    ART's ``predict``, gradients and attacks switch the model to eval mode and accumulate ``.grad`` on the
-    parameters; inside this context they may, and everything is restored on exit (``None`` grads become ``None``
-    again, existing grads get their values back in their original tensors).
-
-    :param model: The module.
-    :return: A context manager yielding the module.
-    """
-    import torch
-
-    modes = {m: m.training for m in model.modules()}
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    grads = [(p.grad, None if p.grad is None else p.grad.detach().clone()) for p in params]
-    try:
-        yield model
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-        for p, flag, (grad, values) in zip(params, flags, grads):
-            if p.requires_grad != flag:
-                p.requires_grad_(flag)
-            if grad is None or values is None:
-                p.grad = None
-            else:
-                with torch.no_grad():
-                    grad.copy_(values)
-                p.grad = grad
-
-
-@contextlib.contextmanager
-def model_mode(module: torch.nn.Module, training: bool) -> Iterator[torch.nn.Module]:
-    """Temporarily set a module's train/eval mode, restoring every submodule's previous mode afterwards.
-
-    :param module: The module.
-    :param training: ``True`` for train mode, ``False`` for eval mode.
-    :return: A context manager yielding the module.
-    """
-    previous = {m: m.training for m in module.modules()}
-    module.train(training)
-    try:
-        yield module
-    finally:
-        for m, mode in previous.items():
-            m.training = mode
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed Python's, numpy's and torch's global generators (ART's trainers use them) and restore them afterwards.
-
-    :param seed: The seed.
-    :return: A context manager.
-    """
-    import random
-
-    import torch
-
-    py_state, np_state = random.getstate(), np.random.get_state()
-    random.seed(seed)
-    np.random.seed(seed)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
+    return cached_network(model, config, build)

@@ -2,17 +2,26 @@
 
 Every validator names the argument it checks and says what was expected, so bad input is refused at the boundary
 with a clear message instead of a stack trace from deep inside torch. Nothing here reinterprets bad input silently:
-2-D labels must be exact one-hot rows, norms must be one of the known spellings of ``2`` and ``inf``.
+2-D labels must be exact one-hot rows, norms must be one of the known spellings of ``2`` and ``inf``. The validators
+of arrays (inputs, labels, the clip box) are in :mod:`art_jacreg._validate_arrays` and re-exported here.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from typing import Any
 
 import numpy as np
+
+from art_jacreg._validate_arrays import (
+    ONE_HOT_TOLERANCE,
+    check_clip_range,
+    check_finite,
+    check_input_shape,
+    validate_labels,
+    validate_x,
+)
 
 __all__ = [
     "NORM_SPELLINGS",
@@ -24,6 +33,7 @@ __all__ = [
     "norm_label",
     "validate_method",
     "validate_attack",
+    "validate_real",
     "validate_eps",
     "validate_eps_per_sample",
     "validate_positive_int",
@@ -45,9 +55,6 @@ METHODS = ("lipschitz", "interval", "linear")
 
 #: Attacks of :mod:`art_jacreg.attacks`.
 ATTACKS = ("apgd", "autoattack", "torchattacks", "pgd")
-
-#: Absolute tolerance on the entries of one-hot label rows (``1 ± tol`` and ``0 ± tol``).
-ONE_HOT_TOLERANCE = 1e-6
 
 
 def validate_norm(norm: Any, name: str = "norm") -> float:
@@ -123,6 +130,40 @@ def validate_attack(attack: Any, name: str = "attack") -> str:
     return _choice(attack, ATTACKS, name)
 
 
+def validate_real(
+    value: Any,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> float:
+    """Validate a finite real number in a range (closed bounds unless ``open_low`` / ``open_high``).
+
+    :param value: The value.
+    :param name: Argument name used in error messages.
+    :param low: Smallest accepted value (excluded with ``open_low``), or ``None`` for no lower bound.
+    :param high: Largest accepted value (excluded with ``open_high``), or ``None`` for no upper bound.
+    :param open_low: Exclude ``low`` itself.
+    :param open_high: Exclude ``high`` itself.
+    :return: ``value`` as a float.
+    :raises TypeError: If it is not a real number (``bool`` included).
+    :raises ValueError: If it is not finite or outside the range.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}.")
+    number = float(value)
+    bad = not math.isfinite(number)
+    bad |= low is not None and (number <= low if open_low else number < low)
+    bad |= high is not None and (number >= high if open_high else number > high)
+    if bad:
+        lo = "" if low is None else f"{'>' if open_low else '>='} {low:g}"
+        hi = "" if high is None else f"{'<' if open_high else '<='} {high:g}"
+        bounds = " and ".join(part for part in (lo, hi) if part)
+        raise ValueError(f"`{name}` must be a finite number{' ' + bounds if bounds else ''}, got {value!r}.")
+    return number
+
+
 def validate_eps(eps: Any, name: str = "eps", allow_zero: bool = True) -> float:
     """Validate one perturbation radius.
 
@@ -133,13 +174,7 @@ def validate_eps(eps: Any, name: str = "eps", allow_zero: bool = True) -> float:
     :raises TypeError: If it is not a real number.
     :raises ValueError: If it is not finite and ``>= 0`` (``> 0`` when ``allow_zero`` is False).
     """
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"`{name}` must be a real number, got {type(eps).__name__}.")
-    value = float(eps)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"`{name}` must be a finite number {bound}, got {eps!r}.")
-    return value
+    return validate_real(eps, name, low=0.0, open_low=not allow_zero)
 
 
 def validate_eps_per_sample(eps: Any, n: int, name: str = "eps") -> np.ndarray:
@@ -174,146 +209,3 @@ def validate_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
     return int(value)
-
-
-def _one_hot_indices(arr: np.ndarray, name: str) -> np.ndarray:
-    """Indices of exact one-hot rows; refuses any other row, naming the first bad one."""
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(f"`{name}` must be numeric one-hot rows, got dtype {arr.dtype}.")
-    values = arr.astype(np.float64)
-    if not np.all(np.isfinite(values)):
-        raise ValueError(f"`{name}` contains NaN or inf values.")
-    ones = np.abs(values - 1.0) <= ONE_HOT_TOLERANCE
-    zeros = np.abs(values) <= ONE_HOT_TOLERANCE
-    good = (ones.sum(axis=1) == 1) & (zeros.sum(axis=1) == values.shape[1] - 1)
-    if not np.all(good):
-        row = int(np.flatnonzero(~good)[0])
-        shown = np.array2string(values[row], precision=4, threshold=12, separator=", ")
-        raise ValueError(
-            f"`{name}` is 2-D, so it must be one-hot: every row exactly one entry 1 and the others 0 (tolerance "
-            f"{ONE_HOT_TOLERANCE:g}); row {row} is {shown}. All-zero, negated, multi-hot and soft-label rows are "
-            "refused; pass class indices of shape (N,) instead."
-        )
-    return np.argmax(ones, axis=1).astype(np.int64)
-
-
-def validate_labels(y: Any, n_samples: int, nb_classes: int, name: str = "y") -> np.ndarray:
-    """Labels as int64 class indices, from indices ``(N,)`` (or ``(N, 1)``) or exact one-hot rows ``(N, K)``.
-
-    :param y: The labels (array-like; torch tensors must be on the CPU).
-    :param n_samples: Expected number of labels ``N``.
-    :param nb_classes: Number of classes ``K``.
-    :param name: Argument name used in error messages.
-    :return: A new int64 array of shape ``(N,)``.
-    :raises TypeError: If ``y`` is not array-like.
-    :raises ValueError: On a wrong length or shape, non-integer indices, labels outside ``[0, K)``, or 2-D rows that
-        are not exactly one-hot (soft labels are not supported).
-    """
-    try:
-        arr = np.asarray(y)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"`{name}` must be an array of labels, got {type(y).__name__}.") from err
-    if arr.ndim == 2 and arr.shape[1] == 1 and nb_classes != 1:
-        arr = arr[:, 0]
-    if arr.ndim == 2:
-        if arr.shape[1] != nb_classes:
-            raise ValueError(f"`{name}` is 2-D, so it must be one-hot with {nb_classes} columns, got {arr.shape}.")
-        indices = _one_hot_indices(arr, name)
-    elif arr.ndim == 1:
-        if arr.dtype.kind == "f":
-            if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-                raise ValueError(f"`{name}` as 1-D labels must hold integer class indices.")
-        elif arr.dtype.kind not in "iub":
-            raise ValueError(f"`{name}` must hold integer class indices, got dtype {arr.dtype}.")
-        indices = arr.astype(np.int64)
-        if indices.size and (indices.min() < 0 or indices.max() >= nb_classes):
-            raise ValueError(
-                f"`{name}` holds labels out of range: expected values in [0, {nb_classes - 1}], "
-                f"got min {indices.min()} and max {indices.max()}."
-            )
-    else:
-        raise ValueError(f"`{name}` must be class indices (N,) or one-hot (N, {nb_classes}), got shape {arr.shape}.")
-    if indices.shape[0] != n_samples:
-        raise ValueError(f"`{name}` has {indices.shape[0]} labels but there are {n_samples} samples.")
-    return indices
-
-
-def check_input_shape(shape: tuple[int, ...], input_shape: tuple[int, ...], name: str = "x") -> None:
-    """Check that a batch shape is ``(N, *input_shape)``.
-
-    :param shape: The batch's shape.
-    :param input_shape: Shape of one input.
-    :param name: Argument name used in error messages.
-    :raises ValueError: Otherwise.
-    """
-    expected = tuple(int(s) for s in input_shape)
-    if len(shape) != len(expected) + 1 or tuple(shape[1:]) != expected:
-        raise ValueError(
-            f"`{name}` must have shape (N, {', '.join(str(s) for s in expected)}) to match input_shape "
-            f"{expected}, got {tuple(shape)}."
-        )
-
-
-def check_finite(arr: np.ndarray, name: str = "x") -> None:
-    """Refuse NaN and inf values.
-
-    :param arr: The array.
-    :param name: Argument name used in error messages.
-    :raises ValueError: If a value is NaN or infinite.
-    """
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"`{name}` contains NaN or inf values.")
-
-
-def validate_x(x: Any, input_shape: tuple[int, ...], name: str = "x") -> np.ndarray:
-    """Validate an input batch against ``input_shape`` and return a float32 copy.
-
-    :param x: Array-like of shape ``(N, *input_shape)``, ``N >= 1``.
-    :param input_shape: Shape of one input.
-    :param name: Argument name used in error messages.
-    :return: A new float32 array (the caller's array is never modified).
-    :raises TypeError: If ``x`` is not numeric.
-    :raises ValueError: On a wrong shape, an empty batch, or NaN/inf values.
-    """
-    try:
-        arr = np.array(x, dtype=np.float32, copy=True)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"`{name}` must be a numeric array, got {type(x).__name__}.") from err
-    check_input_shape(arr.shape, input_shape, name)
-    if arr.shape[0] == 0:
-        raise ValueError(f"`{name}` is empty; at least one sample is needed.")
-    check_finite(arr, name)
-    return arr
-
-
-def check_clip_range(x: np.ndarray, clip_values: Any, name: str = "x", error: bool = True) -> None:
-    """Check that every value of ``x`` lies in the ``clip_values`` box of the classifier.
-
-    An input outside the box (e.g. pixels in ``0..255`` given to a ``(0, 1)`` classifier) makes certificates and
-    attacks meaningless, so it is refused (``error=True``) or warned about (``error=False``).
-
-    :param x: The input batch (raw units).
-    :param clip_values: ``(min, max)`` of the classifier (scalars or arrays broadcastable to one input), or ``None``.
-    :param name: Argument name used in the message.
-    :param error: Raise ``ValueError`` when ``True``, emit a ``UserWarning`` when ``False``.
-    :raises ValueError: If ``error`` and a value lies outside the box.
-    """
-    if clip_values is None:
-        return
-    low = np.asarray(clip_values[0], dtype=np.float64)
-    high = np.asarray(clip_values[1], dtype=np.float64)
-    arr = np.asarray(x)
-    tol = 1e-6 * max(1.0, float(np.max(np.abs(high - low))))
-    below = arr < low - tol
-    above = arr > high + tol
-    if not (below.any() or above.any()):
-        return
-    count = int(np.count_nonzero(below | above))
-    message = (
-        f"`{name}` has {count} values outside the classifier's clip_values box "
-        f"[{float(low.min()):.4g}, {float(high.max()):.4g}] (found range [{float(arr.min()):.4g}, "
-        f"{float(arr.max()):.4g}]); scale the input to the box first (e.g. divide 0..255 pixels by 255)."
-    )
-    if error:
-        raise ValueError(message)
-    warnings.warn(message, UserWarning, stacklevel=3)

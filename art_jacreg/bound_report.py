@@ -9,17 +9,15 @@ achieved. Every radius and ``eps`` is in the raw input units the attacker pertur
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
-import math
 import os
 from typing import Any
 
 import numpy as np
 
-from art_jacreg._io import atomic_write_json, atomic_write_text
+from art_jacreg._io import atomic_write_json
+from art_jacreg.table_files import decode_json_columns, encode, read_csv, write_csv
 
 __all__ = ["BoundReport", "EXACT", "FIRST_ORDER", "SOUND", "EMPIRICAL", "COLUMN_KINDS"]
 
@@ -60,19 +58,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, (float, np.floating)):
         return f"{float(value):.4g}"
     return str(value)
-
-
-def _encode(value: Any) -> Any:
-    """JSON-safe scalar: non-finite floats become the strings ``"nan"``, ``"inf"``, ``"-inf"``."""
-    if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
-        return str(float(value))
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _decode_float(value: Any) -> float:
-    return float(value) if value is not None else float("nan")
 
 
 @dataclasses.dataclass(eq=False)
@@ -228,10 +213,10 @@ class BoundReport:
         :return: Dict with ``metadata``, ``column_kinds``, ``summary`` and ``data`` (column name -> list).
         """
         return {
-            "metadata": {k: _encode(getattr(self, k)) for k in _META},
+            "metadata": {k: encode(getattr(self, k)) for k in _META},
             "column_kinds": dict(self.column_kinds),
-            "summary": {k: _encode(v) for k, v in self.summary().items()},
-            "data": {c: [_encode(v) for v in getattr(self, c).tolist()] for c in COLUMN_KINDS},
+            "summary": {k: encode(v) for k, v in self.summary().items()},
+            "data": {c: [encode(v) for v in getattr(self, c).tolist()] for c in COLUMN_KINDS},
         }
 
     def to_markdown(self, max_rows: int | None = 20) -> str:
@@ -280,14 +265,8 @@ class BoundReport:
 
         :param path: Output file.
         """
-        buffer = io.StringIO(newline="")
-        buffer.write("# " + json.dumps({k: _encode(getattr(self, k)) for k in _META}) + "\n")
-        buffer.write("# " + json.dumps(self.column_kinds) + "\n")
-        writer = csv.writer(buffer)
-        writer.writerow(COLUMN_KINDS)
-        for i in range(len(self)):
-            writer.writerow([_csv_value(getattr(self, c)[i]) for c in COLUMN_KINDS])
-        atomic_write_text(path, buffer.getvalue())
+        meta = {k: encode(getattr(self, k)) for k in _META}
+        write_csv(path, meta, dict(self.column_kinds), {c: getattr(self, c) for c in COLUMN_KINDS})
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike) -> BoundReport:
@@ -296,18 +275,7 @@ class BoundReport:
         :param path: The CSV file.
         :return: The report.
         """
-        with open(path, encoding="utf-8") as handle:
-            meta = json.loads(handle.readline()[2:])
-            kinds = json.loads(handle.readline()[2:])
-            rows = list(csv.reader(handle))
-        header, body = rows[0], rows[1:]
-        data: dict[str, Any] = {}
-        for j, name in enumerate(header):
-            raw = [row[j] for row in body]
-            if _DTYPES.get(name) is bool:
-                data[name] = np.array([v == "True" for v in raw], dtype=bool)
-            else:
-                data[name] = np.array([float(v) for v in raw], dtype=_DTYPES.get(name, np.float64))
+        meta, kinds, data = read_csv(path, _DTYPES)
         return cls(**data, **_decode_meta(meta), column_kinds=kinds)
 
     def to_json(self, path: str | os.PathLike) -> None:
@@ -328,21 +296,8 @@ class BoundReport:
         """
         with open(path, encoding="utf-8") as handle:
             payload = json.load(handle)
-        data: dict[str, Any] = {}
-        for name, values in payload["data"].items():
-            dtype = _DTYPES.get(name, np.float64)
-            if dtype is np.float64:
-                values = [_decode_float(v) for v in values]
-            data[name] = np.array(values, dtype=dtype)
+        data = decode_json_columns(payload["data"], _DTYPES)
         return cls(**data, **_decode_meta(payload["metadata"]), column_kinds=payload["column_kinds"])
-
-
-def _csv_value(value: Any) -> str:
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (float, np.floating)):
-        return repr(float(value))
-    return str(int(value))
 
 
 def _decode_meta(meta: dict[str, Any]) -> dict[str, Any]:

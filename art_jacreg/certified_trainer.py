@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
-import os
 from typing import Any
 
 import numpy as np
-from art.data_generators import DataGenerator
 from art.estimators.classification.pytorch import PyTorchClassifier
 
 from art_jacreg import _art
+from art_jacreg._validate import validate_real
 from art_jacreg.certify.graph import UnsupportedOperationError
 from art_jacreg.certify.objectives import BOUNDS, CertifiedMargins
 from art_jacreg.training.art_face import ArtTrainerFace, warn_unused
@@ -37,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CertifiedJacobianTrainer", "SCHEDULE_DEFAULTS"]
 
-#: Schedule defaults per norm (measured, see the class docstring): eps ramp fraction, final and initial clean-loss
-#: weight, training-eps factor.
+#: Schedule defaults per norm (measured: guide page "Choosing norm and reg_weight"): eps ramp fraction, final and
+#: initial clean-loss weight, training-eps factor.
 SCHEDULE_DEFAULTS: dict[float, dict[str, float]] = {
     2.0: {"ramp": 0.25, "kappa": 0.0, "kappa_start": 0.0, "train_eps_factor": 1.0},
     math.inf: {"ramp": 0.5, "kappa": 0.5, "kappa_start": 1.0, "train_eps_factor": 1.1},
@@ -60,21 +58,11 @@ class CertifiedJacobianTrainer(ArtTrainerFace):
       intervals; for l2 the split interval-Jacobian and centre-and-ball bounds through the last ``depth``
       ReLU/MaxPool layers, the global bound kept in the maximum; for l-inf ``crown=True`` adds CROWN-IBP).
 
-    Defaults and why. Measured on ``mnist_cnn``, the embedded 4,000 / 1,000 MNIST digits, preprocessing
-    ``(0.1307, 0.3081)``, Adam 1e-3, batch 128, 40 epochs, certified by ``certify(method="interval")`` on the 1,000
-    test digits (clean / certified accuracy at eps, time per epoch relative to plain training):
-
-    ======================  =====================  =====================  =====================
-    training                l2 eps 0.3             l2 eps 1.0             l-inf eps 0.1
-    ======================  =====================  =====================  =====================
-    ``bound="global"``      0.971 / 0.847, 1.4x    0.841 / 0.462          0.969 / 0.896, 3.9x
-    ``bound="local"``       0.972 / 0.846, 2.9x    0.831 / 0.420, 3.9x    0.971 / 0.891, 4.6x
-    ======================  =====================  =====================  =====================
-
-    The local bounds certified no more than the global ones there and cost 2-4 times more, so ``bound`` defaults
-    to ``"global"``. l2 schedule defaults: ``ramp=0.25`` (eps grows linearly over the first quarter of the steps),
-    ``kappa=0`` (pure certified loss); l-inf: ``ramp=0.5``, ``kappa`` from 1 to 0.5 along the ramp and training at
-    ``1.1 * eps`` (:data:`SCHEDULE_DEFAULTS`). ``reg_weight=0`` by default (the certified loss alone).
+    Defaults: ``bound="global"`` (the local bounds certified no more in our measurements and cost 2-4 times more);
+    l2: ``ramp=0.25`` (eps grows linearly over the first quarter of the steps), ``kappa=0`` (pure certified loss);
+    l-inf: ``ramp=0.5``, ``kappa`` from 1 to 0.5 along the ramp and training at ``1.1 * eps``
+    (:data:`SCHEDULE_DEFAULTS`); ``reg_weight=0`` (the certified loss alone). The measurements are in the guide page
+    "Choosing norm and reg_weight" (section "Certified training").
 
     The training bounds are estimates (power iteration approaches the largest singular value from below; they run in
     float32): they are never reported as certificates. Certify the trained classifier with
@@ -84,7 +72,10 @@ class CertifiedJacobianTrainer(ArtTrainerFace):
     and ``Flatten`` (``Dropout`` and ``Identity`` are skipped by the bounds), behind ART's mean/std preprocessing.
     The eps schedule spans each ``fit`` call (a resumed run continues it). The power-iteration vectors persist
     across batches and ``fit`` calls but are not saved in checkpoints: a resumed l2 run restarts them from ``seed``
-    (its weights then differ slightly from an uninterrupted run's).
+    (its weights then differ slightly from an uninterrupted run's). ``fit``, ``fit_generator``, ``predict`` and the
+    parameter methods are those of :class:`~art_jacreg.trainer.JacobianRegularizedTrainer`; a new ``norm`` given to
+    :meth:`set_params` resets the schedule parameters that were not given explicitly, a new ``seed`` also restarts
+    the power-iteration vectors.
 
     :ivar history: One dict per epoch of the last fit, with keys ``epoch``, ``loss``, ``cross_entropy`` (clean),
         ``certified_loss`` (cross-entropy on the worst-case logits), ``regularizer`` (``None`` when
@@ -174,42 +165,25 @@ class CertifiedJacobianTrainer(ArtTrainerFace):
 
     # ------------------------------------------------------------------ parameters
 
-    def set_params(self, **kwargs: Any) -> None:
-        """Change parameters listed in :attr:`trainer_params`, validated as at construction.
+    _defaults_state = ("_given",)
 
-        On an invalid value nothing is changed. A new ``seed`` restarts the random streams and the power-iteration
-        vectors; a new ``norm`` resets the schedule parameters that were not given explicitly to that norm's
-        defaults.
-
-        :param kwargs: ``name=value`` pairs.
-        :raises ValueError: On an unknown name or an invalid value (``TypeError`` for a wrong type).
-        """
-        unknown = sorted(set(kwargs) - set(self.trainer_params))
-        if unknown:
-            raise ValueError(f"Unexpected parameter(s) {unknown}; the trainer's parameters are {self.trainer_params}.")
-        previous, given = self.get_params(), set(self._given)
+    def _prepare_params(self, kwargs: dict[str, Any]) -> None:
+        """A new ``norm`` resets the schedule parameters that were not given explicitly to that norm's defaults."""
         self._given |= {name for name in SCHEDULE_DEFAULTS[2.0] if kwargs.get(name) is not None}
         if "norm" in kwargs:
             for name in SCHEDULE_DEFAULTS[2.0]:
                 if name not in self._given:
                     setattr(self, name, None)
-        for name, value in kwargs.items():
-            setattr(self, name, value)
-        try:
-            self._check_params()
-        except (TypeError, ValueError):
-            for name, value in previous.items():
-                setattr(self, name, value)
-            self._given = given
-            raise
-        if "seed" in kwargs:
-            self._init_generators()
-            self._margins = self._build_margins()
+
+    def _reseed(self) -> None:
+        """A new ``seed`` restarts the random streams and the power-iteration vectors."""
+        self._init_generators()
+        self._margins = self._build_margins()
 
     def _check_params(self) -> None:
         """Validate and normalise the parameters (construction, :meth:`set_params` and every fit)."""
         self.norm = _art.validate_norm(self.norm, name="norm")
-        self.eps = _real(self.eps, "eps", low=0.0, open_low=True)
+        self.eps = validate_real(self.eps, "eps", low=0.0, open_low=True)
         if self.bound not in BOUNDS:
             raise ValueError(f"`bound` must be one of {BOUNDS}, got {self.bound!r}.")
         if self.loss not in LOSSES:
@@ -220,11 +194,11 @@ class CertifiedJacobianTrainer(ArtTrainerFace):
                 setattr(self, name, defaults[name])
         if self.kappa_start is None:
             self.kappa_start = self.kappa if self.norm == 2 else defaults["kappa_start"]
-        self.warmup = _real(self.warmup, "warmup", 0.0, 1.0, open_high=True)
-        self.ramp = _real(self.ramp, "ramp", 0.0, 1.0)
-        self.kappa = _real(self.kappa, "kappa", 0.0, 1.0)
-        self.kappa_start = _real(self.kappa_start, "kappa_start", 0.0, 1.0)
-        self.train_eps_factor = _real(self.train_eps_factor, "train_eps_factor", 1.0)
+        self.warmup = validate_real(self.warmup, "warmup", 0.0, 1.0, open_high=True)
+        self.ramp = validate_real(self.ramp, "ramp", 0.0, 1.0)
+        self.kappa = validate_real(self.kappa, "kappa", 0.0, 1.0)
+        self.kappa_start = validate_real(self.kappa_start, "kappa_start", 0.0, 1.0)
+        self.train_eps_factor = validate_real(self.train_eps_factor, "train_eps_factor", 1.0)
         if self.depth is not None:
             self.depth = _art.validate_positive_int(self.depth, "depth")
         if not isinstance(self.crown, (bool, np.bool_)):
@@ -281,10 +255,6 @@ class CertifiedJacobianTrainer(ArtTrainerFace):
     def _start_objective(self, objective: Any, nb_epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
         objective.start(nb_epochs, steps_per_epoch, start_epoch)
 
-    def _checkpoint_settings(self) -> dict[str, Any]:
-        run_only = ("seed", "verbose", "nb_epochs", "batch_size")
-        return {name: getattr(self, name) for name in self.trainer_params if name not in run_only}
-
     def _log_start(self, nb_epochs: int, level: int) -> None:
         logger.log(
             level,
@@ -299,82 +269,3 @@ class CertifiedJacobianTrainer(ArtTrainerFace):
             self.reg_weight,
             nb_epochs,
         )
-
-    # ------------------------------------------------------------------ public API
-
-    def fit(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        validation_data: tuple[np.ndarray, np.ndarray] | None = None,
-        batch_size: int | None = None,
-        nb_epochs: int | None = None,
-        scheduler: Any | None = None,
-        verbose: bool | None = None,
-        checkpoint: str | os.PathLike | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Train the classifier with the certified loss on arrays (same conventions as
-        :meth:`JacobianRegularizedTrainer.fit <art_jacreg.trainer.JacobianRegularizedTrainer.fit>`: reshuffled every
-        epoch from ``seed``, data-parallel under ``torch.distributed``, resumable from ``checkpoint``).
-
-        :param x: Training inputs ``(N, *input_shape)`` in raw units.
-        :param y: Labels, class indices ``(N,)`` or one-hot ``(N, nb_classes)``.
-        :param validation_data: Optional ``(x_val, y_val)``; its clean accuracy is stored in :attr:`history`.
-        :param batch_size: Mini-batch size; ``None`` uses the constructor's, else 128.
-        :param nb_epochs: Number of epochs; ``None`` uses the constructor's, else 20. The eps schedule spans them.
-        :param scheduler: Optional LR scheduler, stepped after every epoch.
-        :param verbose: Progress bar on/off; ``None`` uses the constructor's ``verbose``.
-        :param checkpoint: Optional checkpoint file, saved after every epoch and resumed from when it exists.
-        :param kwargs: Accepted for ART compatibility; ignored with a warning.
-        :raises FloatingPointError: If the loss, a gradient or the weights become NaN/inf (last good step restored).
-        """
-        self._check_params()
-        self._fit_arrays(x, y, validation_data, batch_size, nb_epochs, scheduler, verbose, checkpoint, kwargs)
-
-    def fit_generator(
-        self,
-        generator: DataGenerator,
-        nb_epochs: int | None = None,
-        scheduler: Any | None = None,
-        validation_data: tuple[np.ndarray, np.ndarray] | None = None,
-        verbose: bool | None = None,
-        checkpoint: str | os.PathLike | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Train on batches from an ART data generator (conventions of
-        :meth:`JacobianRegularizedTrainer.fit_generator <art_jacreg.trainer.JacobianRegularizedTrainer.fit_generator>`).
-
-        :param generator: An ART :class:`~art.data_generators.DataGenerator` yielding ``(x_batch, y_batch)``.
-        :param nb_epochs: Number of epochs; ``None`` uses the constructor's, else 20.
-        :param scheduler: Optional LR scheduler.
-        :param validation_data: Optional ``(x_val, y_val)``.
-        :param verbose: Progress bar on/off.
-        :param checkpoint: Optional checkpoint file.
-        :param kwargs: Ignored with a warning.
-        :raises FloatingPointError: As in :meth:`fit`.
-        """
-        self._check_params()
-        self._fit_generator(generator, nb_epochs, scheduler, validation_data, verbose, checkpoint, kwargs)
-
-
-def _real(
-    value: Any,
-    name: str,
-    low: float | None = None,
-    high: float | None = None,
-    open_low: bool = False,
-    open_high: bool = False,
-) -> float:
-    """``value`` as a finite float in the given range, or a ``TypeError`` / ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}.")
-    value = float(value)
-    bad = not math.isfinite(value)
-    bad |= low is not None and (value <= low if open_low else value < low)
-    bad |= high is not None and (value >= high if open_high else value > high)
-    if bad:
-        lo = "" if low is None else f"{'>' if open_low else '>='} {low:g}"
-        hi = "" if high is None else f"{'<' if open_high else '<='} {high:g}"
-        raise ValueError(f"`{name}` must be a finite number {' and '.join(p for p in (lo, hi) if p)}, got {value!r}.")
-    return value

@@ -5,10 +5,15 @@
 from __future__ import annotations
 
 import argparse
-import math
 from typing import NoReturn
 
-from art_jacreg._validate import validate_norm
+from art_jacreg._validate import ATTACKS, METHODS
+from art_jacreg.cli_types import eps as _eps
+from art_jacreg.cli_types import learning_rate as _lr
+from art_jacreg.cli_types import nonneg_float as _nonneg_float
+from art_jacreg.cli_types import norm as _norm
+from art_jacreg.cli_types import positive_int as _positive_int
+from art_jacreg.cli_types import seed as _seed
 
 __all__ = ["build_parser", "PROG", "METHOD_CHOICES", "ATTACK_CHOICES"]
 
@@ -22,66 +27,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-#: Mirrors of ``art_jacreg.certify.METHODS`` and ``art_jacreg.attacks.ATTACKS``, kept here so that ``--help`` does not
-#: import torch; a test checks they stay equal.
-METHOD_CHOICES = ("lipschitz", "interval", "linear")
-ATTACK_CHOICES = ("apgd", "autoattack", "torchattacks", "pgd")
-
-
-def _positive_float(text: str, what: str = "value") -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{what} must be a finite number > 0, got {text!r}")
-    return value
-
-
-def _eps(text: str) -> float:
-    return _positive_float(text, "eps")
-
-
-def _lr(text: str) -> float:
-    return _positive_float(text, "learning rate")
-
-
-def _seed(text: str) -> int:
-    """Parse a seed for argparse: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be integers >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"seeds must be integers >= 0, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def _norm(text: str) -> float:
-    try:
-        return validate_norm(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"norm must be 2 or inf, got {text!r}") from None
+#: The choices of ``--method`` and ``--attack``: the vocabulary's :data:`~art_jacreg._validate.METHODS` and
+#: :data:`~art_jacreg._validate.ATTACKS` (that module imports no torch, so ``--help`` stays instant).
+METHOD_CHOICES = METHODS
+ATTACK_CHOICES = ATTACKS
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from art.estimators.classification import PyTorchClassifier
 
-from art_jacreg import _art, _validate, reporting
+from art_jacreg import _art, _validate, reporter_batches
 from art_jacreg._validate import METHODS
 from art_jacreg.bound_report import BoundReport
 
@@ -128,15 +128,15 @@ class JacobianBoundReporter(PyTorchClassifier):
             )
         return cls(**_art.classifier_arguments(classifier), verbose=verbose)
 
-    # ------------------------------------------------------------------ helpers (see art_jacreg.reporting)
+    # ------------------------------------------------------------------ helpers (see art_jacreg.reporter_batches)
 
     def _network(self) -> Any:
-        """The certifiable network of the current model (:func:`art_jacreg.reporting.certifiable_network`)."""
-        return reporting.certifiable_network(self)
+        """The certifiable network of the current model (:func:`art_jacreg.reporter_batches.certifiable_network`)."""
+        return reporter_batches.certifiable_network(self)
 
     def _clip(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The ``clip_values`` box as float32 arrays, or ``None`` (:func:`art_jacreg.reporting.clip_box`)."""
-        return reporting.clip_box(self)
+        """The ``clip_values`` box as float32 arrays, or ``None`` (:func:`art_jacreg.reporter_batches.clip_box`)."""
+        return reporter_batches.clip_box(self)
 
     def _show(self, verbose: bool | None) -> bool:
         """Whether to show progress bars: ``verbose``, or the constructor's ``verbose`` when it is ``None``."""
@@ -144,7 +144,7 @@ class JacobianBoundReporter(PyTorchClassifier):
 
     # ------------------------------------------------------------------ public API
 
-    @reporting.preserving_model
+    @reporter_batches.preserving_model
     def certify(
         self,
         x: np.ndarray,
@@ -180,16 +180,17 @@ class JacobianBoundReporter(PyTorchClassifier):
         """
         from art_jacreg.certify.parallel import validate_n_jobs
 
-        x = reporting.certifiable_inputs(self, x)
+        x = reporter_batches.certifiable_inputs(self, x)
         norm = _validate.validate_norm(norm)
         method = _validate.validate_method(method)
         batch_size = _validate.validate_positive_int(batch_size, "batch_size")
         n_jobs = validate_n_jobs(n_jobs)
-        prediction, radius = reporting.certify_batches(self, x, norm, method, batch_size, self._show(verbose), n_jobs)
+        show = self._show(verbose)
+        prediction, radius = reporter_batches.certify_batches(self, x, norm, method, batch_size, show, n_jobs)
         logger.info("certify(%s, norm=%s): median radius %.4g over %d samples", method, norm, np.median(radius), len(x))
         return prediction, radius
 
-    @reporting.preserving_model
+    @reporter_batches.preserving_model
     def predict_bounds(
         self,
         x: np.ndarray,
@@ -215,14 +216,14 @@ class JacobianBoundReporter(PyTorchClassifier):
         :raises TypeError: If the model is not float32 (e.g. after ``model.double()``).
         :raises UnsupportedOperationError: If the model contains an operation the certifiers do not support.
         """
-        x = reporting.certifiable_inputs(self, x)
+        x = reporter_batches.certifiable_inputs(self, x)
         eps = _validate.validate_eps(eps)
         norm = _validate.validate_norm(norm)
         method = _validate.validate_method(method)
         batch_size = _validate.validate_positive_int(batch_size, "batch_size")
-        return reporting.logit_bounds_batches(self, x, eps, norm, method, batch_size, self._show(verbose))
+        return reporter_batches.logit_bounds_batches(self, x, eps, norm, method, batch_size, self._show(verbose))
 
-    @reporting.preserving_model
+    @reporter_batches.preserving_model
     def report(
         self,
         x: np.ndarray,
@@ -270,7 +271,7 @@ class JacobianBoundReporter(PyTorchClassifier):
         """
         from art_jacreg.certify.parallel import validate_n_jobs
 
-        x = reporting.certifiable_inputs(self, x)
+        x = reporter_batches.certifiable_inputs(self, x)
         y = _validate.validate_labels(y, x.shape[0], self.nb_classes)
         eps = _validate.validate_eps(eps)
         norm = _validate.validate_norm(norm)
@@ -278,7 +279,7 @@ class JacobianBoundReporter(PyTorchClassifier):
         method = _validate.validate_method(method)
         batch_size = _validate.validate_positive_int(batch_size, "batch_size")
         n_jobs = validate_n_jobs(n_jobs)
-        report = reporting.assemble_bound_report(
+        report = reporter_batches.assemble_bound_report(
             self, x, y, eps, norm, attack, method, batch_size, attack_params, seed, self._show(verbose), n_jobs
         )
         logger.info("%r", report)

@@ -18,12 +18,10 @@ training loop is :mod:`art_jacreg.training.loop` and the objective :mod:`art_jac
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import numpy as np
 import torch
-from art.data_generators import DataGenerator
 from art.estimators.classification.pytorch import PyTorchClassifier
 
 from art_jacreg import _art
@@ -38,7 +36,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["JacobianRegularizedTrainer"]
 
 #: Default ``reg_weight`` per norm, measured on the embedded MNIST (4,000 training digits) with ``mnist_cnn``,
-#: Adam(1e-3), batch 128, 10 epochs: see the class docstring for the numbers.
+#: Adam(1e-3), 10 epochs: the numbers are in the guide page "Choosing norm and reg_weight".
 DEFAULT_REG_WEIGHTS: dict[float, float] = {2.0: 0.01, float(np.inf): 0.001}
 
 
@@ -46,8 +44,8 @@ def default_reg_weight(norm: float, target: str = "logits") -> float:
     """The default ``reg_weight`` of a threat ``norm`` and a regularised ``target``.
 
     Only ``target="logits"`` has defaults (:data:`DEFAULT_REG_WEIGHTS`): the input gradient of the loss or of the
-    margin lives on another scale (the weights measured for them are in the class docstring), so those targets need
-    an explicit ``reg_weight``.
+    margin lives on another scale (the weights measured for them are in the guide page "Choosing norm and
+    reg_weight"), so those targets need an explicit ``reg_weight``.
 
     :param norm: ``2.0`` or ``np.inf``.
     :param target: ``"logits"``, ``"loss"`` or ``"margin"``.
@@ -57,7 +55,7 @@ def default_reg_weight(norm: float, target: str = "logits") -> float:
     if target != "logits":
         raise ValueError(
             f"`reg_weight` has no default for target={target!r}: pass it explicitly (measured on MNIST with "
-            "mnist_cnn: 1 to 10 for target='loss', norm=2; see the JacobianRegularizedTrainer docstring)."
+            "mnist_cnn: 1 to 10 for target='loss', norm=2; see the guide page 'Choosing norm and reg_weight')."
         )
     return DEFAULT_REG_WEIGHTS[norm]
 
@@ -80,45 +78,17 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
     ``reduction="sum"`` does not rescale the trade-off set by ``reg_weight``. Any other loss is refused
     (``ValueError`` naming ``classifier.loss``). The classifier's optimizer performs the updates.
 
-    Defaults and why: ``reg_weight=None`` resolves to ``0.01`` for ``norm=2`` and ``0.001`` for ``norm=np.inf``
-    (:data:`DEFAULT_REG_WEIGHTS`; fixed at construction). Measured on the embedded MNIST (4,000 train / 1,000 test),
-    ``mnist_cnn``, Adam(lr=1e-3), batch 32, 10 epochs, seed 0; PGD from ART with 40 steps on all 1,000 test digits:
-
-    ========================  =====  ==============  =================
-    training                  clean  PGD-l2 eps 1.5  PGD-l-inf eps 0.1
-    ========================  =====  ==============  =================
-    plain (``reg_weight=0``)  0.954  0.250           0.235
-    ``norm=2``, 0.001         0.969  0.488           0.575
-    ``norm=2``, 0.003         0.968  0.561           0.650
-    ``norm=2``, 0.01          0.964  0.637           0.730
-    ``norm=inf``, 0.0003 (*)  0.963  0.510           0.639
-    ``norm=inf``, 0.001       0.964  0.583           0.738
-    ``norm=inf``, 0.001 (*)   0.964  0.589           0.737
-    ``norm=inf``, 0.003 (*)   0.948  0.620           0.762
-    ========================  =====  ==============  =================
-
-    (*) ``n_rows=1``; the other ``norm=inf`` row is exact (``n_rows=None``). PGD step 0.1 (l2) / 0.01 (l-inf).
-
-    The defaults keep clean accuracy above 0.95 there while multiplying PGD accuracy by 2.5-3; larger weights trade
-    clean accuracy for robustness (``norm=2``, 0.1 at batch 128: clean 0.908, PGD-l2 0.657). With batch 128
-    (``fit``'s default) this small training set generalises worse: ``norm=2``, 0.01 reaches clean 0.937 after 10
-    or 20 epochs (PGD-l2 0.57-0.59), plain training 0.946 (PGD-l2 0.245).
-    ``n_projections=1`` costs about twice a plain step (1.9 s vs 1.0 s per epoch above, one CPU thread); the exact
-    ``||J||_{1,1}`` (``n_rows=None``, ``K`` products) costs about 8 s per epoch and gave the same accuracies as
-    ``n_rows=1`` (clean 0.964, PGD-l-inf 0.737).
+    Defaults: ``reg_weight=None`` resolves to ``0.01`` for ``norm=2`` and ``0.001`` for ``norm=np.inf``
+    (:data:`DEFAULT_REG_WEIGHTS`; fixed at construction): on the embedded MNIST with ``mnist_cnn`` they keep clean
+    accuracy above 0.95 while multiplying PGD accuracy by 2.5-3. The measurements behind them, and those of the
+    variants below against ART's trainers, are in the guide page "Choosing norm and reg_weight".
 
     Variants (options ``target``, ``finite_difference``, ``perturbation``, ``perturbed_terms``, ``eps``,
     ``reg_warmup_epochs``; :mod:`art_jacreg.training.jr_variants`): the regulariser on the input gradient of the
     per-sample loss (``target="loss"``, Ross and Doshi-Velez 2018) or margin (``"margin"``); its finite-difference
     version at radius ``eps`` (``finite_difference=True``, Finlay and Oberman 2019); the terms at a random or
     one-step (FGSM with random start) perturbed point (``perturbation``); a linear warm-up of ``reg_weight``. All
-    defaults reproduce the objective above. Measured against ART's trainers (``benchmarks/bench_jr_variants.py``,
-    ``benchmarks/results/jr_variants.md``: ``mnist_cnn``, 4,000 digits, 10 epochs, batch 64, APGD-CE + APGD-DLR
-    l2 1.5 on 500 digits, 3 seeds): the input-gradient targets, the finite difference and the warm-up did not beat
-    the logit Jacobian; ``perturbation="fgsm", eps=2.5, reg_weight=0.003`` (clean 0.973, AA 0.747) is not
-    dominated by ART's FBF (0.978, 0.722, cheaper), FGSM (0.971, 0.653) or l2 PGD-7 (0.970, 0.750, about 3x
-    the cost), but the Jacobian term adds nothing measurable there: ``reg_weight=0`` with the same perturbation
-    (single-step l2 adversarial training alone) reaches 0.973 and 0.751 at lower cost.
+    defaults reproduce the objective above.
 
     Models with BatchNorm in training mode couple the samples of a batch; the regulariser then includes the (small)
     cross-sample terms through the batch statistics. Such a layer cannot normalise a batch of one sample, so a last
@@ -133,7 +103,10 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
     batch, after restoring the weights and optimizer state of the last good step.
 
     Like ART's attacks, the parameters listed in :attr:`trainer_params` are read with :meth:`get_params` and changed
-    (validated) with :meth:`set_params`.
+    (validated) with :meth:`set_params`; a default ``reg_weight`` (constructed with ``None``) follows a new ``norm``.
+    :meth:`fit`, :meth:`fit_generator`, :meth:`predict` and the parameter methods are shared with
+    :class:`~art_jacreg.certified_trainer.CertifiedJacobianTrainer`
+    (:class:`~art_jacreg.training.art_face.ArtTrainerFace`).
 
     :ivar history: One dict per epoch of the last :meth:`fit` / :meth:`fit_generator` call, with keys ``epoch``
         (1-based), ``loss``, ``cross_entropy``, ``regularizer`` (mean unweighted regulariser estimate, ``None`` when
@@ -228,35 +201,15 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
 
     # ------------------------------------------------------------------ parameters
 
-    def set_params(self, **kwargs: Any) -> None:
-        """Change parameters listed in :attr:`trainer_params`, validated as at construction.
+    _defaults_state = ("_reg_weight_is_default",)
 
-        On an invalid value nothing is changed. A new ``seed`` restarts the random streams; a new ``norm`` with a
-        default ``reg_weight`` (constructed with ``None``) takes the new norm's default.
-
-        :param kwargs: ``name=value`` pairs.
-        :raises ValueError: On an unknown name or an invalid value (``TypeError`` for a wrong type).
-        """
-        unknown = sorted(set(kwargs) - set(self.trainer_params))
-        if unknown:
-            raise ValueError(f"Unexpected parameter(s) {unknown}; the trainer's parameters are {self.trainer_params}.")
-        previous = (self.get_params(), self._reg_weight_is_default)
+    def _prepare_params(self, kwargs: dict[str, Any]) -> None:
+        """A default ``reg_weight`` follows a new ``norm`` or ``target``; an explicit one stops being the default."""
         changes_default = "norm" in kwargs or "target" in kwargs
         if changes_default and "reg_weight" not in kwargs and self._reg_weight_is_default:
             self.reg_weight = None  # type: ignore[assignment]
         if "reg_weight" in kwargs:
             self._reg_weight_is_default = False
-        for name, value in kwargs.items():
-            setattr(self, name, value)
-        try:
-            self._check_params()
-        except (TypeError, ValueError):
-            for name, value in previous[0].items():
-                setattr(self, name, value)
-            self._reg_weight_is_default = previous[1]
-            raise
-        if "seed" in kwargs:
-            self._init_generators()
 
     def _check_params(self) -> None:
         """Validate and normalise the trainer's parameters (called at construction, set_params and every fit)."""
@@ -315,88 +268,6 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
 
     # ------------------------------------------------------------------ public API
 
-    def fit(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        validation_data: tuple[np.ndarray, np.ndarray] | None = None,
-        batch_size: int | None = None,
-        nb_epochs: int | None = None,
-        scheduler: Any | None = None,
-        verbose: bool | None = None,
-        checkpoint: str | os.PathLike | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Train the classifier with Jacobian regularization on arrays.
-
-        The data are reshuffled every epoch (seeded by ``seed``); the last batch may be smaller. The caller's arrays
-        are not modified. ART's positional ``fit(x, y, batch_size, nb_epochs)`` is refused with a message: pass
-        ``batch_size`` and ``nb_epochs`` by keyword.
-
-        Under ``torch.distributed`` (an initialised process group, e.g. a script run by ``torchrun``) the training is
-        data-parallel: every rank calls ``fit`` with the same ``x`` and ``y``, takes its shard of each epoch's
-        permutation (the ``DistributedSampler`` rule: padded by wrapping to a multiple of the number of ranks, then
-        rank-strided), and ``batch_size`` is the batch of *each rank* (global batch = ``batch_size`` x ranks). The
-        model runs inside ``DistributedDataParallel`` for the run and is a plain module again afterwards, with the
-        same weights on every rank; :attr:`history` holds the global means. See the guide page "Multi-GPU and
-        multi-node training".
-
-        :param x: Training inputs ``(N, *input_shape)`` in raw units (before ``preprocessing``); values outside the
-            classifier's ``clip_values`` give a warning.
-        :param y: Labels, class indices ``(N,)`` or one-hot ``(N, nb_classes)``.
-        :param validation_data: Optional ``(x_val, y_val)``; its accuracy is logged and stored in :attr:`history`.
-        :param batch_size: Mini-batch size (``>= 1``); ``None`` uses the constructor's ``batch_size``, else 128.
-        :param nb_epochs: Number of epochs (``>= 1``); ``None`` uses the constructor's ``nb_epochs``, else 20.
-        :param scheduler: Optional LR scheduler of the classifier's optimizer; ``step()`` is called once after every
-            epoch (``ReduceLROnPlateau`` gets the epoch's mean training loss).
-        :param verbose: Progress bar on/off; ``None`` uses the constructor's ``verbose``.
-        :param checkpoint: Optional checkpoint file. The model, optimizer, scheduler, random states, epoch and history
-            are saved into it atomically after every epoch; when it exists, training resumes after its last epoch
-            (the run then ends with the weights an uninterrupted run would have, bit for bit). A file of another run
-            (other model, settings, data size or number of processes) is refused with a ``ValueError``.
-        :param kwargs: Accepted for ART compatibility; ignored with a warning.
-        :raises FloatingPointError: If the loss, a gradient or the updated weights become NaN/inf; the weights and
-            optimizer state of the last good step are restored first.
-        """
-        self._check_params()
-        self._fit_arrays(x, y, validation_data, batch_size, nb_epochs, scheduler, verbose, checkpoint, kwargs)
-
-    def fit_generator(
-        self,
-        generator: DataGenerator,
-        nb_epochs: int | None = None,
-        scheduler: Any | None = None,
-        validation_data: tuple[np.ndarray, np.ndarray] | None = None,
-        verbose: bool | None = None,
-        checkpoint: str | os.PathLike | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Train the classifier with Jacobian regularization on batches from an ART data generator.
-
-        An epoch is ``ceil(generator.size / generator.batch_size)`` calls of ``generator.get_batch()`` (as in ART's
-        trainers); shuffling is the generator's (e.g. the ``DataLoader``'s) business. The batch size is the
-        generator's (the constructor's ``batch_size`` does not apply).
-
-        Under ``torch.distributed`` each rank draws the epoch's batches from its generator and trains on batches
-        ``rank, rank + world_size, ...`` (the same number on every rank: the last ``n mod world_size`` batches are
-        dropped); seed the generators identically on all ranks for an exact partition. The batch size of each rank
-        is the generator's.
-
-        :param generator: An ART :class:`~art.data_generators.DataGenerator` (e.g. ``PyTorchDataGenerator``) yielding
-            ``(x_batch, y_batch)`` with labels as indices or one-hot.
-        :param nb_epochs: Number of epochs (``>= 1``); ``None`` uses the constructor's ``nb_epochs``, else 20.
-        :param scheduler: Optional LR scheduler; ``step()`` once after every epoch.
-        :param validation_data: Optional ``(x_val, y_val)``.
-        :param verbose: Progress bar on/off; ``None`` uses the constructor's ``verbose``.
-        :param checkpoint: Optional checkpoint file, as in :meth:`fit`. The generator's own position and shuffling
-            state are not saved: a resumed run continues bit-identically only with a generator that yields the same
-            batches in every run (e.g. a ``DataLoader`` whose shuffling is reseeded per epoch).
-        :param kwargs: Accepted for ART compatibility; ignored with a warning.
-        :raises FloatingPointError: As in :meth:`fit`.
-        """
-        self._check_params()
-        self._fit_generator(generator, nb_epochs, scheduler, validation_data, verbose, checkpoint, kwargs)
-
     def compute_regularizer(self, x: np.ndarray, batch_size: int = 128, exact: bool = True) -> np.ndarray:
         """The per-sample regulariser (``||J||_F^2`` or ``||J||_{1,1}``) of the current model, in evaluation mode.
 
@@ -424,20 +295,10 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
 
     _loop_description = "Jacobian regularization"
 
-    def _checkpoint_settings(self) -> dict[str, Any]:
-        """The settings a checkpoint file must match to be resumed."""
-        return {name: getattr(self, name) for name in _CHECKPOINTED_SETTINGS}
-
     def _log_start(self, nb_epochs: int, level: int) -> None:
-        logger.log(
-            level,
-            "Jacobian-regularized training: norm=%s, reg_weight=%g, n_projections=%s, n_rows=%s, %d epochs",
-            "2" if self.norm == 2 else "inf",
-            self.reg_weight,
-            self.n_projections,
-            self.n_rows,
-            nb_epochs,
-        )
+        message = "Jacobian-regularized training: norm=%s, reg_weight=%g, n_projections=%s, n_rows=%s, %d epochs"
+        norm = "2" if self.norm == 2 else "inf"
+        logger.log(level, message, norm, self.reg_weight, self.n_projections, self.n_rows, nb_epochs)
 
     def _wrap_epochs(self, epoch_batches: batches.EpochBatches, objective: Any) -> batches.EpochBatches:
         """The epochs with the ``reg_weight`` warm-up factor of each epoch set first (``reg_warmup_epochs``)."""
@@ -447,18 +308,3 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
             return epoch_batches(epoch)
 
         return run_epoch
-
-
-#: The settings a checkpoint must agree with to be resumed (they change what the run optimises).
-_CHECKPOINTED_SETTINGS = (
-    "norm",
-    "reg_weight",
-    "n_projections",
-    "n_rows",
-    "target",
-    "perturbation",
-    "perturbed_terms",
-    "finite_difference",
-    "eps",
-    "reg_warmup_epochs",
-)

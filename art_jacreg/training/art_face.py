@@ -1,18 +1,20 @@
-"""The ART face shared by the package's trainers: parameters, data checks, DDP, checkpoints, the loop run.
+"""The ART face shared by the package's trainers: parameters, ``fit`` / ``fit_generator``, data checks, predict.
 
 :class:`ArtTrainerFace` is the common base of :class:`~art_jacreg.trainer.JacobianRegularizedTrainer` and
 :class:`~art_jacreg.certified_trainer.CertifiedJacobianTrainer`. It owns what does not depend on the loss: the
-classifier check, :meth:`~ArtTrainerFace.get_params`, the checks of ``seed`` / ``verbose`` / ``nb_epochs`` /
-``batch_size``, the seeded random streams, the preparation of array and generator runs (validation, sharding under
-``torch.distributed``, preflight checks) and the run itself (:class:`~art_jacreg.training.loop.TrainingLoop` with
-the distributed and checkpoint hooks). A subclass supplies the objective (``_objective``), the settings a
-checkpoint must match (``_checkpoint_settings``) and its log line (``_log_start``).
+classifier check, :meth:`~ArtTrainerFace.get_params` / :meth:`~ArtTrainerFace.set_params` (validated, atomic), the
+checks of ``seed`` / ``verbose`` / ``nb_epochs`` / ``batch_size``, the seeded random streams, and
+:meth:`~ArtTrainerFace.fit` / :meth:`~ArtTrainerFace.fit_generator`: validation, sharding under
+``torch.distributed`` and preflight checks, then the run (:func:`~art_jacreg.training.run.run_training`). A
+subclass supplies its parameter checks (``_check_params``), the objective (``_objective``) and its log line
+(``_log_start``), and may reset defaults in ``_prepare_params`` or act per run and per epoch
+(``_start_objective``, ``_wrap_epochs``).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-import math
 import numbers
 import os
 from pathlib import Path
@@ -25,14 +27,18 @@ from art.estimators.classification.pytorch import PyTorchClassifier
 
 from art_jacreg import _art
 from art_jacreg._validate import check_clip_range
-from art_jacreg.training import batches, checks, distributed, preflight
-from art_jacreg.training.checkpoint import CheckpointHooks, check_checkpoint_path
-from art_jacreg.training.loop import LoopHooks, Objective, TrainingLoop, accuracy
+from art_jacreg.training import batches, distributed, preflight
+from art_jacreg.training.checkpoint import check_checkpoint_path
+from art_jacreg.training.loop import Objective
 from art_jacreg.training.randomness import training_generators
+from art_jacreg.training.run import run_training
 
 __all__ = ["ArtTrainerFace", "default", "warn_unused"]
 
 logger = logging.getLogger("art_jacreg.trainer")
+
+#: The parameters that do not change what a run optimises (a checkpoint may be resumed with other values).
+_RUN_ONLY_PARAMS = ("seed", "verbose", "nb_epochs", "batch_size")
 
 #: ``fit``'s batch size and number of epochs when neither the call nor the constructor gives them.
 DEFAULT_BATCH_SIZE, DEFAULT_NB_EPOCHS = 128, 20
@@ -42,7 +48,7 @@ class ArtTrainerFace(Trainer):
     """Base of the package's ART trainers (see the module docstring); not used on its own.
 
     Subclasses set ``self._classifier`` through ``Trainer.__init__``, the attributes ``seed``, ``verbose``,
-    ``nb_epochs`` and ``batch_size``, and implement ``_objective()``, ``_checkpoint_settings()`` and
+    ``nb_epochs`` and ``batch_size``, and implement ``_check_params()``, ``_objective()`` and
     ``_log_start(nb_epochs, level)``.
     """
 
@@ -64,6 +70,45 @@ class ArtTrainerFace(Trainer):
         :return: A dict ``{name: value}``.
         """
         return {name: getattr(self, name) for name in self.trainer_params}
+
+    def set_params(self, **kwargs: Any) -> None:
+        """Change parameters listed in :attr:`trainer_params`, validated as at construction.
+
+        On an invalid value nothing is changed. A new ``seed`` restarts the random streams. Parameters whose
+        default depends on ``norm`` (constructed with ``None``) follow a new ``norm``.
+
+        :param kwargs: ``name=value`` pairs.
+        :raises ValueError: On an unknown name or an invalid value (``TypeError`` for a wrong type).
+        """
+        unknown = sorted(set(kwargs) - set(self.trainer_params))
+        if unknown:
+            raise ValueError(f"Unexpected parameter(s) {unknown}; the trainer's parameters are {self.trainer_params}.")
+        previous = self.get_params(), {name: copy.copy(getattr(self, name)) for name in self._defaults_state}
+        self._prepare_params(kwargs)
+        for name, value in kwargs.items():
+            setattr(self, name, value)
+        try:
+            self._check_params()
+        except (TypeError, ValueError):
+            for name, value in (*previous[0].items(), *previous[1].items()):
+                setattr(self, name, value)
+            raise
+        if "seed" in kwargs:
+            self._reseed()
+
+    #: Private attributes recording which defaults were resolved; restored with the parameters by :meth:`set_params`.
+    _defaults_state: tuple[str, ...] = ()
+
+    def _prepare_params(self, kwargs: dict[str, Any]) -> None:
+        """Before :meth:`set_params` applies ``kwargs``: reset the defaults they change (default: nothing)."""
+
+    def _check_params(self) -> None:
+        """Validate and normalise the parameters (construction, :meth:`set_params` and every fit)."""
+        raise NotImplementedError
+
+    def _reseed(self) -> None:
+        """Restart everything that depends on ``seed`` (default: the random streams)."""
+        self._init_generators()
 
     @classmethod
     def _check_estimator(cls, classifier: Any) -> None:
@@ -102,19 +147,51 @@ class ArtTrainerFace(Trainer):
 
     # ------------------------------------------------------------------ runs
 
-    def _fit_arrays(
+    def fit(
         self,
         x: np.ndarray,
         y: np.ndarray,
-        validation_data: tuple[np.ndarray, np.ndarray] | None,
-        batch_size: int | None,
-        nb_epochs: int | None,
-        scheduler: Any | None,
-        verbose: bool | None,
-        checkpoint: str | os.PathLike | None,
-        kwargs: dict[str, Any],
+        validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+        batch_size: int | None = None,
+        nb_epochs: int | None = None,
+        scheduler: Any | None = None,
+        verbose: bool | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        **kwargs: Any,
     ) -> None:
-        """The body of ``fit``: validate, build the (sharded) epoch batches, run (the subclass checked its params)."""
+        """Train the classifier with the trainer's loss on arrays.
+
+        The data are reshuffled every epoch (seeded by ``seed``); the last batch may be smaller. The caller's arrays
+        are not modified. ART's positional ``fit(x, y, batch_size, nb_epochs)`` is refused with a message: pass
+        ``batch_size`` and ``nb_epochs`` by keyword.
+
+        Under ``torch.distributed`` (an initialised process group, e.g. a script run by ``torchrun``) the training is
+        data-parallel: every rank calls ``fit`` with the same ``x`` and ``y``, takes its shard of each epoch's
+        permutation (the ``DistributedSampler`` rule: padded by wrapping to a multiple of the number of ranks, then
+        rank-strided), and ``batch_size`` is the batch of *each rank* (global batch = ``batch_size`` x ranks). The
+        model runs inside ``DistributedDataParallel`` for the run and is a plain module again afterwards, with the
+        same weights on every rank; :attr:`history` holds the global means. See the guide page "Multi-GPU and
+        multi-node training".
+
+        :param x: Training inputs ``(N, *input_shape)`` in raw units (before ``preprocessing``); values outside the
+            classifier's ``clip_values`` give a warning.
+        :param y: Labels, class indices ``(N,)`` or one-hot ``(N, nb_classes)``.
+        :param validation_data: Optional ``(x_val, y_val)``; its accuracy is logged and stored in :attr:`history`.
+        :param batch_size: Mini-batch size (``>= 1``); ``None`` uses the constructor's ``batch_size``, else 128.
+        :param nb_epochs: Number of epochs (``>= 1``); ``None`` uses the constructor's ``nb_epochs``, else 20.
+        :param scheduler: Optional LR scheduler of the classifier's optimizer; ``step()`` is called once after every
+            epoch (``ReduceLROnPlateau`` gets the epoch's mean training loss).
+        :param verbose: Progress bar on/off; ``None`` uses the constructor's ``verbose``.
+        :param checkpoint: Optional checkpoint file. The model, optimizer, scheduler, random states, epoch and history
+            are saved into it atomically after every epoch; when it exists, training resumes after its last epoch
+            (the run then ends with the weights an uninterrupted run would have, bit for bit, unless the trainer's
+            documentation says otherwise). A file of another run (other model, settings, data size or number of
+            processes) is refused with a ``ValueError``.
+        :param kwargs: Accepted for ART compatibility; ignored with a warning.
+        :raises FloatingPointError: If the loss, a gradient or the updated weights become NaN/inf; the weights and
+            optimizer state of the last good step are restored first.
+        """
+        self._check_params()
         val = batches.check_validation_data(validation_data, self._classifier, batch_size)
         x_arr = _art.validate_x(x, self._classifier, name="x")
         y_idx = _art.validate_labels(y, x_arr.shape[0], self._classifier.nb_classes, name="y")
@@ -136,17 +213,40 @@ class ArtTrainerFace(Trainer):
         run = {"data": [int(n) for n in x_arr.shape], "batch_size": batch_size, "source": "arrays"}
         self._train(source, nb_epochs, val, scheduler, verbose, path, run)
 
-    def _fit_generator(
+    def fit_generator(
         self,
         generator: DataGenerator,
-        nb_epochs: int | None,
-        scheduler: Any | None,
-        validation_data: tuple[np.ndarray, np.ndarray] | None,
-        verbose: bool | None,
-        checkpoint: str | os.PathLike | None,
-        kwargs: dict[str, Any],
+        nb_epochs: int | None = None,
+        scheduler: Any | None = None,
+        validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+        verbose: bool | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        **kwargs: Any,
     ) -> None:
-        """The body of ``fit_generator`` (the subclass checked its params)."""
+        """Train the classifier with the trainer's loss on batches from an ART data generator.
+
+        An epoch is ``ceil(generator.size / generator.batch_size)`` calls of ``generator.get_batch()`` (as in ART's
+        trainers); shuffling is the generator's (e.g. the ``DataLoader``'s) business. The batch size is the
+        generator's (the constructor's ``batch_size`` does not apply).
+
+        Under ``torch.distributed`` each rank draws the epoch's batches from its generator and trains on batches
+        ``rank, rank + world_size, ...`` (the same number on every rank: the last ``n mod world_size`` batches are
+        dropped); seed the generators identically on all ranks for an exact partition. The batch size of each rank
+        is the generator's.
+
+        :param generator: An ART :class:`~art.data_generators.DataGenerator` (e.g. ``PyTorchDataGenerator``) yielding
+            ``(x_batch, y_batch)`` with labels as indices or one-hot.
+        :param nb_epochs: Number of epochs (``>= 1``); ``None`` uses the constructor's ``nb_epochs``, else 20.
+        :param scheduler: Optional LR scheduler; ``step()`` once after every epoch.
+        :param validation_data: Optional ``(x_val, y_val)``.
+        :param verbose: Progress bar on/off; ``None`` uses the constructor's ``verbose``.
+        :param checkpoint: Optional checkpoint file, as in :meth:`fit`. The generator's own position and shuffling
+            state are not saved: a resumed run continues bit-identically only with a generator that yields the same
+            batches in every run (e.g. a ``DataLoader`` whose shuffling is reseeded per epoch).
+        :param kwargs: Accepted for ART compatibility; ignored with a warning.
+        :raises FloatingPointError: As in :meth:`fit`.
+        """
+        self._check_params()
         if not isinstance(generator, DataGenerator):
             raise TypeError(
                 f"`generator` must be an art.data_generators.DataGenerator, got {type(generator).__name__}."
@@ -166,7 +266,8 @@ class ArtTrainerFace(Trainer):
         raise NotImplementedError
 
     def _checkpoint_settings(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The settings a checkpoint file must match to be resumed: the parameters that change what is optimised."""
+        return {name: getattr(self, name) for name in self.trainer_params if name not in _RUN_ONLY_PARAMS}
 
     def _log_start(self, nb_epochs: int, level: int) -> None:
         raise NotImplementedError
@@ -185,66 +286,12 @@ class ArtTrainerFace(Trainer):
         validation: tuple[np.ndarray, np.ndarray] | None,
         scheduler: Any | None,
         verbose: bool | None,
-        checkpoint: Path | None = None,
-        run: dict[str, Any] | None = None,
+        checkpoint: Path | None,
+        run: dict[str, Any],
     ) -> None:
-        """Run the training loop with the subclass's objective (data-parallel under an initialised process group,
-        resumable with a checkpoint file); fills :attr:`history`.
-        """
-        self.history: list[dict[str, Any]] = []
-        group = distributed.process_group()
-        self._log_start(nb_epochs, logging.INFO if group is None or group[0] == 0 else logging.DEBUG)
-        forward = _art.logits_function(self._classifier)
-        device = self._classifier.device
-        module, optimizer = _art.wrapped_model(self._classifier), preflight.optimizer_of(self._classifier)
-        objective = self._objective()
-        generators: dict[str, Any] = {"shuffle": self._np_rng, "estimator": self._torch_gen}
-        hooks: LoopHooks = LoopHooks()
-        if group is not None:
-            by_batch = run is not None and run["source"] == "generator"
-            hooks = distributed.DistributedHooks(module, device, shard_batches=by_batch)
-            distributed.agree_on_run(hooks, {"nb_epochs": nb_epochs, **(run or {})})
-            distributed.synchronise_generators(hooks, self._np_rng, self._torch_gen)
-            objective.generator = generators["rank_estimator"] = distributed.rank_generator(  # type: ignore[attr-defined]
-                self._torch_gen, hooks.rank
-            )
-        start, previous = 0, None
-        if checkpoint is not None:
-            settings = {"trainer": self._checkpoint_settings(), **(run or {})}
-            hooks = CheckpointHooks(hooks, checkpoint, self._classifier.model, optimizer, scheduler, generators,
-                                    settings, self._logger)  # fmt: skip
-            start, previous = hooks.resume(nb_epochs)
-        self._start_objective(objective, nb_epochs, steps_per_epoch(run, group), start)
-        epoch_batches = self._wrap_epochs(epoch_batches, objective)
-        loop = TrainingLoop(
-            module,
-            optimizer,
-            objective,
-            forward,
-            device,
-            hooks=hooks,
-            skip_singleton_batches=checks.has_batch_norm(self._classifier.model),
-            log=self._logger,
-            description=self._loop_description,
-        )
-        validate = None if validation is None else (lambda: accuracy(forward, loop.module, *validation, device))
-        show = self.verbose if verbose is None else bool(verbose)
-        self.history = loop.run(epoch_batches, nb_epochs, validate, scheduler, show, start, previous)
-
-
-def steps_per_epoch(run: dict[str, Any] | None, group: tuple[int, int] | None) -> int:
-    """Optimizer steps of one epoch on this process (the batches of its shard).
-
-    :param run: The run description (``data``, ``batch_size``, ``source``) of :meth:`ArtTrainerFace._train`.
-    :param group: ``(rank, world_size)`` or ``None``.
-    :return: The number of steps, at least 1.
-    """
-    if run is None:
-        return 1
-    world = 1 if group is None else group[1]
-    if run["source"] == "arrays":
-        return max(1, math.ceil(math.ceil(run["data"][0] / world) / run["batch_size"]))
-    return max(1, math.ceil(run["data"] / run["batch_size"]) // world)
+        """Run the training (:func:`~art_jacreg.training.run.run_training`); fills :attr:`history`."""
+        self.history = []
+        self.history = run_training(self, epoch_batches, nb_epochs, validation, scheduler, verbose, checkpoint, run)
 
 
 def default(value: Any, constructor_value: Any, fallback: int) -> Any:

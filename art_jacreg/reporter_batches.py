@@ -1,4 +1,4 @@
-"""The computations behind :class:`~art_jacreg.reporter.JacobianBoundReporter`, as functions of an ART classifier.
+"""The batch loops behind :class:`~art_jacreg.reporter.JacobianBoundReporter`, as functions of an ART classifier.
 
 The reporter class is the ART face (construction, argument validation, the public methods and their documentation);
 this module holds what those methods do with already-validated arguments: the checks that a model can be certified,
