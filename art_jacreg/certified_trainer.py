@@ -29,6 +29,7 @@ from art_jacreg.certify.graph import UnsupportedOperationError
 from art_jacreg.certify.objectives import BOUNDS, CertifiedMargins
 from art_jacreg.training.art_face import ArtTrainerFace, warn_unused
 from art_jacreg.training.certified_objective import CertifiedObjective, EpsSchedule
+from art_jacreg.training.lr_schedule import LR_SCHEDULES
 from art_jacreg.training.objectives import JacobianRegularizedObjective, check_jacobian_settings, cross_entropy_like
 
 logger = logging.getLogger(__name__)
@@ -37,9 +38,9 @@ __all__ = ["CertifiedJacobianTrainer", "SCHEDULE_DEFAULTS"]
 
 #: Schedule defaults per norm (measured: guide page "Choosing norm and reg_weight"): eps ramp fraction, final and
 #: initial clean-loss weight, training-eps factor.
-SCHEDULE_DEFAULTS: dict[float, dict[str, float]] = {
-    2.0: {"ramp": 0.25, "kappa": 0.0, "kappa_start": 0.0, "train_eps_factor": 1.0},
-    math.inf: {"ramp": 0.5, "kappa": 0.5, "kappa_start": 1.0, "train_eps_factor": 1.1},
+SCHEDULE_DEFAULTS: dict[float, dict[str, Any]] = {
+    2.0: {"ramp": 0.25, "kappa": 0.0, "kappa_start": 0.0, "train_eps_factor": 1.0, "lr_schedule": "cosine"},
+    math.inf: {"ramp": 0.5, "kappa": 0.5, "kappa_start": 1.0, "train_eps_factor": 1.1, "lr_schedule": "constant"},
 }
 LOSSES = ("ce", "bottom")
 
@@ -86,8 +87,8 @@ class CertifiedJacobianTrainer(ArtTrainerFace):
 
     trainer_params: list[str] = [
         "norm", "eps", "bound", "loss", "warmup", "ramp", "kappa", "kappa_start", "train_eps_factor", "depth",
-        "crown", "n_power_iterations", "reg_weight", "n_projections", "n_rows", "seed", "verbose", "nb_epochs",
-        "batch_size",
+        "crown", "n_power_iterations", "reg_weight", "n_projections", "n_rows", "lr_schedule", "seed", "verbose",
+        "nb_epochs", "batch_size",
     ]  # fmt: skip
     _loop_description = "Certified training"
     _logger = logger
@@ -110,6 +111,7 @@ class CertifiedJacobianTrainer(ArtTrainerFace):
         reg_weight: float = 0.0,
         n_projections: int | None = 1,
         n_rows: int | None = None,
+        lr_schedule: str | None = None,
         seed: int | None = None,
         verbose: bool = True,
         nb_epochs: int | None = None,
@@ -139,6 +141,9 @@ class CertifiedJacobianTrainer(ArtTrainerFace):
         :param reg_weight: Weight ``>= 0`` of the Jacobian regulariser (0: not computed).
         :param n_projections: Regulariser estimator for ``norm=2`` (as in ``JacobianRegularizedTrainer``).
         :param n_rows: Regulariser estimator for ``norm=np.inf`` (as in ``JacobianRegularizedTrainer``).
+        :param lr_schedule: Learning rate over a ``fit`` call without a ``scheduler``: ``"cosine"`` (decays per epoch
+            from the optimizer's rate towards 0; the rate is given back afterwards) or ``"constant"``; ``None``:
+            ``"cosine"`` (l2), ``"constant"`` (l-inf). A ``scheduler`` given to ``fit`` replaces it.
         :param seed: Seed (int ``>= 0``) of the shuffling, the estimator and the power-iteration start vectors;
             ``None`` draws it from the global generators.
         :param verbose: Show a progress bar (each ``fit`` call can override it).
@@ -154,8 +159,10 @@ class CertifiedJacobianTrainer(ArtTrainerFace):
         self.kappa, self.kappa_start, self.train_eps_factor = kappa, kappa_start, train_eps_factor
         self.depth, self.crown, self.n_power_iterations = depth, crown, n_power_iterations
         self.reg_weight, self.n_projections, self.n_rows = reg_weight, n_projections, n_rows
+        self.lr_schedule = lr_schedule
         self.seed, self.verbose, self.nb_epochs, self.batch_size = seed, verbose, nb_epochs, batch_size
-        schedule = {"ramp": ramp, "kappa": kappa, "kappa_start": kappa_start, "train_eps_factor": train_eps_factor}
+        schedule = {"ramp": ramp, "kappa": kappa, "kappa_start": kappa_start, "train_eps_factor": train_eps_factor,
+                    "lr_schedule": lr_schedule}  # fmt: skip
         self._given = {name for name, value in schedule.items() if value is not None}
         warn_unused(kwargs, "CertifiedJacobianTrainer")
         self._check_params()
@@ -189,9 +196,11 @@ class CertifiedJacobianTrainer(ArtTrainerFace):
         if self.loss not in LOSSES:
             raise ValueError(f"`loss` must be one of {LOSSES}, got {self.loss!r}.")
         defaults = SCHEDULE_DEFAULTS[self.norm]
-        for name in ("ramp", "kappa", "train_eps_factor"):
+        for name in ("ramp", "kappa", "train_eps_factor", "lr_schedule"):
             if getattr(self, name) is None:
                 setattr(self, name, defaults[name])
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"`lr_schedule` must be one of {LR_SCHEDULES} or None, got {self.lr_schedule!r}.")
         if self.kappa_start is None:
             self.kappa_start = self.kappa if self.norm == 2 else defaults["kappa_start"]
         self.warmup = validate_real(self.warmup, "warmup", 0.0, 1.0, open_high=True)

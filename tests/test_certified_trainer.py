@@ -11,6 +11,8 @@ from measurement (l2 eps 1.0: certified 0.21 vs 0.04 on 100 digits; l-inf 0.1: 0
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -205,6 +207,7 @@ def test_checkpoint_resume_continues_the_schedule(mnist, tmp_path):
         ({"reg_weight": -1.0}, ValueError, "reg_weight"),
         ({"norm": 3}, ValueError, "norm"),
         ({"seed": -1}, ValueError, "seed"),
+        ({"lr_schedule": "step"}, ValueError, "lr_schedule"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(kwargs, error, name):
@@ -222,6 +225,29 @@ def test_set_params_validates_atomically_and_norm_switches_defaults():
     assert trainer.ramp == 0.5 and trainer.kappa == 0.5 and trainer.kappa_start == 1.0
     with pytest.raises(ValueError, match="Unexpected parameter"):
         trainer.set_params(lr=0.1)
+
+
+def test_builtin_cosine_learning_rate_decays_per_epoch_and_is_given_back(mnist, tmp_path):
+    x, y = mnist[0][:128], mnist[1][:128]
+    clf = _classifier(4)
+    trainer = CertifiedJacobianTrainer(clf, norm=2, eps=0.3, seed=0, verbose=False)
+    assert trainer.get_params()["lr_schedule"] == "cosine"  # the l2 default
+    groups = clf.optimizer.param_groups
+    assert all(g["lr"] == 1e-3 and "initial_lr" not in g for g in groups)
+    trainer.fit(x, y, batch_size=64, nb_epochs=4)
+    rates = [h["learning_rate"] for h in trainer.history]
+    expected = [1e-3 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    assert rates == pytest.approx(expected, rel=1e-6)
+    assert all(g["lr"] == 1e-3 and "initial_lr" not in g for g in groups)  # the optimizer as found
+    # a scheduler given to fit replaces the built-in one; "constant" and the l-inf default keep the rate
+    trainer.fit(x, y, batch_size=64, nb_epochs=2, scheduler=torch.optim.lr_scheduler.StepLR(clf.optimizer, 1, 0.5))
+    assert [h["learning_rate"] for h in trainer.history] == pytest.approx([1e-3, 5e-4])
+    for g in groups:
+        g["lr"] = 1e-3
+    for params in ({"lr_schedule": "constant"}, {"norm": np.inf, "eps": 0.05, "lr_schedule": None}):
+        trainer.set_params(**params)
+        trainer.fit(x, y, batch_size=64, nb_epochs=2)
+        assert [h["learning_rate"] for h in trainer.history] == pytest.approx([1e-3, 1e-3])
 
 
 def test_unsupported_model_is_refused_naming_the_model():

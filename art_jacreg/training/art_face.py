@@ -13,6 +13,7 @@ subclass supplies its parameter checks (``_check_params``), the objective (``_ob
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import numbers
@@ -30,6 +31,7 @@ from art_jacreg._validate import check_clip_range
 from art_jacreg.training import batches, distributed, preflight
 from art_jacreg.training.checkpoint import check_checkpoint_path
 from art_jacreg.training.loop import Objective
+from art_jacreg.training.lr_schedule import default_scheduler, learning_rates_restored
 from art_jacreg.training.randomness import training_generators
 from art_jacreg.training.run import run_training
 
@@ -289,9 +291,18 @@ class ArtTrainerFace(Trainer):
         checkpoint: Path | None,
         run: dict[str, Any],
     ) -> None:
-        """Run the training (:func:`~art_jacreg.training.run.run_training`); fills :attr:`history`."""
+        """Run the training (:func:`~art_jacreg.training.run.run_training`); fills :attr:`history`.
+
+        Without a ``scheduler`` the trainer's built-in schedule (its ``lr_schedule`` parameter, if it has one) drives
+        the learning rate, and the optimizer's learning rates are given back afterwards.
+        """
         self.history = []
-        self.history = run_training(self, epoch_batches, nb_epochs, validation, scheduler, verbose, checkpoint, run)
+        builtin = getattr(self, "lr_schedule", "constant") if scheduler is None else "constant"
+        optimizer = preflight.optimizer_of(self._classifier)
+        with contextlib.nullcontext() if builtin == "constant" else learning_rates_restored(optimizer):
+            if builtin != "constant":
+                scheduler = default_scheduler(builtin, optimizer, nb_epochs)
+            self.history = run_training(self, epoch_batches, nb_epochs, validation, scheduler, verbose, checkpoint, run)
 
 
 def default(value: Any, constructor_value: Any, fallback: int) -> Any:
