@@ -1,9 +1,13 @@
-"""Jacobian norms of a network w.r.t. its input, exact and estimated, batched and differentiable.
+r"""Jacobian norms of a network w.r.t. its input, exact and estimated, batched and differentiable.
 
 Pure torch: nothing here knows about ART. Every function takes ``func``, a callable mapping an input batch
 ``x`` of shape ``(B, *input_shape)`` to logits ``(B, K)`` whose samples do not interact (evaluation-mode BatchNorm,
 no batch statistics), and returns one value per sample. With ``create_graph=True`` the result is differentiable
 w.r.t. the parameters of ``func`` (double backpropagation), which is what training needs.
+
+The forward-only estimators of :math:`\|J\|_F^2` (forward-mode AD and central finite differences along random
+input directions, no double backpropagation in training) live in :mod:`art_jacreg.forward_norms` and are
+re-exported here.
 
 | Paper link (random projections): Hoffman, Roberts and Yaida 2019, https://arxiv.org/abs/1908.02729
 """
@@ -14,6 +18,17 @@ import logging
 from collections.abc import Callable
 
 import torch
+
+from art_jacreg.forward_norms import (
+    ESTIMATORS,
+    FINITE_DIFFERENCE_STEP,
+    finite_difference_jvp,
+    frobenius_norm_sq_finite_difference,
+    frobenius_norm_sq_jvp,
+    jacobian_vector_product,
+    random_unit_directions,
+    validate_estimator,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +41,14 @@ __all__ = [
     "jacobian_from_logits",
     "frobenius_norm_sq_from_logits",
     "l11_norm_from_logits",
+    "ESTIMATORS",
+    "FINITE_DIFFERENCE_STEP",
+    "validate_estimator",
+    "random_unit_directions",
+    "jacobian_vector_product",
+    "finite_difference_jvp",
+    "frobenius_norm_sq_jvp",
+    "frobenius_norm_sq_finite_difference",
 ]
 
 Func = Callable[[torch.Tensor], torch.Tensor]

@@ -29,7 +29,12 @@ from art_jacreg.training import batches, checks
 from art_jacreg.training.art_face import DEFAULT_BATCH_SIZE, DEFAULT_NB_EPOCHS, ArtTrainerFace  # noqa: F401 (re-exported)
 from art_jacreg.training.art_face import warn_unused as _warn_unused
 from art_jacreg.training.jr_variants import VariantObjective, check_variant_settings
-from art_jacreg.training.objectives import JacobianRegularizedObjective, check_jacobian_settings, cross_entropy_like
+from art_jacreg.training.objectives import (
+    JacobianRegularizedObjective,
+    check_estimator,
+    check_jacobian_settings,
+    cross_entropy_like,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +123,7 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
     estimator_requirements: tuple[type, ...] = (PyTorchClassifier,)
     trainer_params: list[str] = [
         "norm", "reg_weight", "n_projections", "n_rows", "seed", "verbose", "nb_epochs", "batch_size",
-        "target", "perturbation", "perturbed_terms", "finite_difference", "eps", "reg_warmup_epochs",
+        "target", "perturbation", "perturbed_terms", "finite_difference", "eps", "reg_warmup_epochs", "estimator",
     ]  # fmt: skip
 
     def __init__(
@@ -138,6 +143,7 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
         finite_difference: bool = False,
         eps: float | None = None,
         reg_warmup_epochs: int = 0,
+        estimator: str = "vjp",
         **kwargs: Any,
     ) -> None:
         """Create a :class:`JacobianRegularizedTrainer`.
@@ -174,6 +180,11 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
             ``finite_difference``; typically the attack radius.
         :param reg_warmup_epochs: Linear warm-up of ``reg_weight``: epoch ``e`` uses
             ``reg_weight * min(1, e / (reg_warmup_epochs + 1))`` (``0``: none).
+        :param estimator: For ``norm=2`` with ``n_projections``: how ``||J||_F^2`` is estimated. ``"vjp"`` (default)
+            random projections of the logits by vector-Jacobian products (double backpropagation); ``"jvp"``
+            forward-mode products ``J u`` along random input directions, on the cross-entropy's forward pass;
+            ``"finite_difference"`` central differences along random input directions (biased, ``O(h^2)``). See
+            :mod:`art_jacreg.forward_norms` and ``benchmarks/bench_jacobian.py --estimators`` for their cost.
         :param kwargs: Other keywords are ignored with a logged warning.
         """
         self._check_estimator(classifier)
@@ -193,6 +204,7 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
         self.finite_difference = finite_difference
         self.eps = eps
         self.reg_warmup_epochs = reg_warmup_epochs
+        self.estimator = estimator
         self._reg_weight_is_default = False
         _warn_unused(kwargs, "JacobianRegularizedTrainer")
         self._check_params()
@@ -239,6 +251,7 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
         self.reg_weight, self.n_projections, self.n_rows = check_jacobian_settings(
             self.norm, self.reg_weight, self.n_projections, self.n_rows, self._classifier.nb_classes
         )
+        self.estimator = check_estimator(self.estimator, self.norm, self.n_projections, self.target)
         self._check_run_params()
 
     def _objective(self, training: bool = True) -> JacobianRegularizedObjective:
@@ -248,7 +261,8 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
         """
         if not training:
             n_projections = self.n_projections if self.target == "logits" else 1
-            return JacobianRegularizedObjective(self.norm, self.reg_weight, n_projections, self.n_rows, self._torch_gen)
+            return JacobianRegularizedObjective(self.norm, self.reg_weight, n_projections, self.n_rows, self._torch_gen,
+                                                estimator=self.estimator)  # fmt: skip
         return VariantObjective(
             self.norm,
             self.reg_weight,
@@ -264,6 +278,7 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
             eps=self.eps,
             reg_warmup_epochs=self.reg_warmup_epochs,
             clip_values=self._classifier.clip_values,
+            estimator=self.estimator,
         )
 
     # ------------------------------------------------------------------ public API
@@ -287,7 +302,7 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
             for start in range(0, x_arr.shape[0], batch_size):
                 x_t = torch.from_numpy(x_arr[start : start + batch_size]).to(self._classifier.device)
                 x_t.requires_grad_(True)
-                reg = objective.regularizer(x_t, func(x_t), create_graph=False, exact=exact)
+                reg = objective.regularizer(x_t, func(x_t), create_graph=False, exact=exact, forward=func)
                 out.append(reg.detach().cpu().numpy())
         return np.concatenate(out)
 

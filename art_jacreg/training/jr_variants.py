@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from art_jacreg.training.checks import check_logits
 from art_jacreg.training.loop import Forward, ObjectiveOutput
-from art_jacreg.training.objectives import JacobianRegularizedObjective
+from art_jacreg.training.objectives import JacobianRegularizedObjective, check_estimator
 from art_jacreg.training.perturbations import direction, perturb
 
 __all__ = [
@@ -213,6 +213,8 @@ class VariantObjective(JacobianRegularizedObjective):
     :param eps: Radius / step in raw input units (with ``perturbation`` or ``finite_difference``).
     :param reg_warmup_epochs: Length of the linear warm-up of ``reg_weight`` in epochs.
     :param clip_values: ``(min, max)`` of the inputs (perturbed points are clipped to it), or ``None``.
+    :param estimator: Estimator of ``||J||_F^2`` (``target="logits"``, ``norm=2``): ``"vjp"``, ``"jvp"`` or
+        ``"finite_difference"``.
     """
 
     def __init__(
@@ -231,8 +233,10 @@ class VariantObjective(JacobianRegularizedObjective):
         eps: float | None = None,
         reg_warmup_epochs: int = 0,
         clip_values: Any = None,
+        estimator: str = "vjp",
     ) -> None:
-        super().__init__(norm, reg_weight, n_projections, n_rows, generator, cross_entropy, nb_classes)
+        check_estimator(estimator, norm, n_projections, target)
+        super().__init__(norm, reg_weight, n_projections, n_rows, generator, cross_entropy, nb_classes, estimator)
         self.target, self.perturbation, self.perturbed_terms, self.finite_difference, self.eps, self.warmup = (
             check_variant_settings(
                 target, perturbation, perturbed_terms, finite_difference, eps, reg_warmup_epochs, n_projections, n_rows
@@ -274,7 +278,7 @@ class VariantObjective(JacobianRegularizedObjective):
         split = regularize and self.perturbation is not None and self.perturbed_terms == "regularizer"
         # One forward pass: the clean points (cross-entropy) and the perturbed ones (regulariser) are concatenated.
         x_in = (torch.cat([x.detach(), x_reg]) if split else x_reg).clone().requires_grad_(regularize)
-        logits_all = forward(x_in)
+        logits_all = self.forward_logits(forward, x_in, regularize)
         if not self._outputs_checked:
             check_logits(logits_all, self.nb_classes)  # type: ignore[arg-type]
             self._outputs_checked = True
@@ -304,7 +308,7 @@ class VariantObjective(JacobianRegularizedObjective):
         :return: Tensor ``(B,)``.
         """
         if self.target == "logits":
-            return self.regularizer(x, logits, create_graph=create_graph)
+            return self.regularizer(x, logits, create_graph=create_graph, forward=forward)
         values = per_sample_scalar(self.target, logits, y)
         if self.finite_difference:
             return finite_difference_penalty(forward, x, values, y, self.target, self.norm, self._radius())

@@ -5,7 +5,10 @@ r"""Training objectives for :class:`art_jacreg.training.loop.TrainingLoop` (torc
     mean cross-entropy  +  reg_weight * mean regulariser,
 
 with the regulariser :math:`\|J(x)\|_F^2` (``norm=2``) or :math:`\|J(x)\|_{1,1}` (``norm=inf``) of the logits
-w.r.t. the input of ``forward``, exact or estimated by :mod:`art_jacreg.norms`.
+w.r.t. the input of ``forward``, exact or estimated by :mod:`art_jacreg.norms`. The ``estimator`` of
+:math:`\|J\|_F^2` is ``"vjp"`` (random projections of the logits, double backpropagation), ``"jvp"`` (forward mode
+along random input directions, on the forward pass of the cross-entropy) or ``"finite_difference"`` (central
+differences along random input directions, two more forward passes); see :mod:`art_jacreg.forward_norms`.
 """
 
 from __future__ import annotations
@@ -17,11 +20,16 @@ from collections.abc import Callable
 import torch
 
 from art_jacreg._art import validate_positive_int
+from art_jacreg.forward_norms import (
+    frobenius_norm_sq_finite_difference,
+    frobenius_norm_sq_jvp,
+    validate_estimator,
+)
 from art_jacreg.norms import frobenius_norm_sq_from_logits, l11_norm_from_logits
 from art_jacreg.training.checks import check_logits
 from art_jacreg.training.loop import Forward, ObjectiveOutput
 
-__all__ = ["cross_entropy_like", "check_jacobian_settings", "JacobianRegularizedObjective"]
+__all__ = ["cross_entropy_like", "check_jacobian_settings", "check_estimator", "JacobianRegularizedObjective"]
 
 CrossEntropy = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -88,6 +96,35 @@ def check_jacobian_settings(
     return float(reg_weight), n_projections, n_rows
 
 
+def check_estimator(estimator: object, norm: float, n_projections: int | None, target: str = "logits") -> str:
+    """Validate the ``estimator`` of ``||J||_F^2`` against the other settings.
+
+    :param estimator: One of :data:`art_jacreg.forward_norms.ESTIMATORS`.
+    :param norm: ``2.0`` or ``math.inf`` (normalised).
+    :param n_projections: ``None`` (exact norm) or the number of random directions.
+    :param target: What is regularised (``"logits"`` for the Jacobian of the logits).
+    :return: The normalised name.
+    :raises ValueError: On an unknown name, or ``"jvp"`` / ``"finite_difference"`` with ``norm=inf``, with the exact
+        norm (``n_projections=None``) or with another ``target``.
+    """
+    estimator = validate_estimator(estimator)
+    if estimator == "vjp":
+        return estimator
+    if norm != 2:
+        raise ValueError(
+            f"`estimator`={estimator!r} estimates ||J||_F^2 (norm=2); norm=np.inf (||J||_{{1,1}}) supports only "
+            "estimator='vjp' (with `n_rows`)."
+        )
+    if n_projections is None:
+        raise ValueError(
+            f"`estimator`={estimator!r} is a random estimate: it needs `n_projections` >= 1 (n_projections=None is "
+            "the exact norm, computed with vector-Jacobian products; use estimator='vjp' with it)."
+        )
+    if target != "logits":
+        raise ValueError(f'`estimator`={estimator!r} applies only to target="logits", got target={target!r}.')
+    return estimator
+
+
 class JacobianRegularizedObjective:
     """Cross-entropy plus ``reg_weight`` times the batch mean of a Jacobian norm, from one shared forward pass.
 
@@ -99,6 +136,8 @@ class JacobianRegularizedObjective:
     :param cross_entropy: The cross-entropy (see :func:`cross_entropy_like`).
     :param nb_classes: Number of classes; the outputs of the first batch are checked against it
         (:func:`~art_jacreg.training.checks.check_logits`).
+    :param estimator: ``norm=2`` with ``n_projections``: ``"vjp"``, ``"jvp"`` or ``"finite_difference"``
+        (:func:`check_estimator`).
     """
 
     #: Advice appended to the error of a non-finite loss.
@@ -113,8 +152,10 @@ class JacobianRegularizedObjective:
         generator: torch.Generator,
         cross_entropy: CrossEntropy = torch.nn.functional.cross_entropy,
         nb_classes: int | None = None,
+        estimator: str = "vjp",
     ) -> None:
         self.norm = norm
+        self.estimator = check_estimator(estimator, norm, n_projections)
         self.reg_weight = reg_weight
         self.n_projections = n_projections
         self.n_rows = n_rows
@@ -122,6 +163,7 @@ class JacobianRegularizedObjective:
         self.cross_entropy = cross_entropy
         self.nb_classes = nb_classes
         self._outputs_checked = nb_classes is None
+        self._shared: tuple[torch.Tensor, torch.Tensor] | None = None  # (logits, jvp estimate) of the last forward
 
     def __call__(self, forward: Forward, x: torch.Tensor, y: torch.Tensor) -> ObjectiveOutput:
         """The loss of one batch and its parts ``cross_entropy`` and ``regularizer`` (``None`` if not computed).
@@ -134,11 +176,11 @@ class JacobianRegularizedObjective:
         regularize = self.reg_weight > 0
         # One forward pass serves both terms: the regulariser is taken from the same logits as the cross-entropy.
         x_in = x.detach().clone().requires_grad_(regularize)
-        logits = forward(x_in)
+        logits = self.forward_logits(forward, x_in, regularize)
         if not self._outputs_checked:
             check_logits(logits, self.nb_classes)  # type: ignore[arg-type]
             self._outputs_checked = True
-        reg = self.regularizer(x_in, logits).mean() if regularize else None
+        reg = self.regularizer(x_in, logits, forward=forward).mean() if regularize else None
         ce = self.cross_entropy(logits, y)
         loss = ce if reg is None else ce + self.reg_weight * reg
         with torch.no_grad():
@@ -146,24 +188,72 @@ class JacobianRegularizedObjective:
         parts = {"cross_entropy": ce.detach(), "regularizer": None if reg is None else reg.detach()}
         return ObjectiveOutput(loss, parts, correct)
 
+    def forward_logits(self, forward: Forward, x: torch.Tensor, regularize: bool = True) -> torch.Tensor:
+        """The logits of ``x`` for the loss; with ``estimator="jvp"`` and ``regularize`` the same (dual) forward pass
+        also yields the regulariser, kept for the next :meth:`regularizer` call with these logits.
+
+        With ``"jvp"`` or ``"finite_difference"`` the logits are not connected to ``x`` (the regulariser does not
+        differentiate w.r.t. the input), which spares the backward pass the input gradient.
+
+        :param forward: Map from an input batch to logits.
+        :param x: Input batch (requires grad for ``estimator="vjp"``).
+        :param regularize: Whether the regulariser of this batch will be computed.
+        :return: Logits ``(B, K)``.
+        """
+        self._shared = None
+        if self.estimator == "vjp" or not regularize:
+            return forward(x)
+        if self.estimator == "finite_difference":
+            return forward(x.detach())
+        logits, estimate = frobenius_norm_sq_jvp(
+            forward, x, self.n_projections or 1, create_graph=True, generator=self.generator
+        )
+        self._shared = (logits, estimate)
+        return logits
+
     def regularizer(
-        self, x: torch.Tensor, logits: torch.Tensor, create_graph: bool = True, exact: bool = False
+        self,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        create_graph: bool = True,
+        exact: bool = False,
+        forward: Forward | None = None,
     ) -> torch.Tensor:
         """Per-sample regulariser ``(B,)`` from a forward pass (``x`` requires grad): exact, or the configured
         estimator; differentiable w.r.t. the weights when ``create_graph``.
 
         :param x: Input batch that requires grad.
-        :param logits: Logits computed from ``x``.
+        :param logits: Logits computed from ``x`` (by :meth:`forward_logits`, whose ``"jvp"`` estimate is reused).
         :param create_graph: Keep the graph (training).
         :param exact: Use the exact norm whatever the estimator settings.
+        :param forward: Map from an input batch to logits; needed by ``estimator="jvp"`` (unless ``logits`` come from
+            :meth:`forward_logits`) and ``"finite_difference"``.
         :return: Tensor ``(B,)``.
+        :raises ValueError: If the estimator needs ``forward`` and it is not given.
         """
         if self.norm == 2:
             n_proj = None if exact else self.n_projections
-            return frobenius_norm_sq_from_logits(
-                x, logits, n_projections=n_proj, create_graph=create_graph, generator=self.generator
-            )
+            if n_proj is None or self.estimator == "vjp":
+                return frobenius_norm_sq_from_logits(
+                    x, logits, n_projections=n_proj, create_graph=create_graph, generator=self.generator
+                )
+            return self._forward_estimate(x, logits, n_proj, create_graph, forward)
         if self.norm != math.inf:
             raise ValueError(f"`norm` must be 2 or inf, got {self.norm!r}.")
         n_rows = None if exact else self.n_rows
         return l11_norm_from_logits(x, logits, n_rows=n_rows, create_graph=create_graph, generator=self.generator)
+
+    def _forward_estimate(
+        self, x: torch.Tensor, logits: torch.Tensor, n_proj: int, create_graph: bool, forward: Forward | None
+    ) -> torch.Tensor:
+        """The ``"jvp"`` / ``"finite_difference"`` estimate of ``||J||_F^2`` (the shared one when it matches)."""
+        shared, self._shared = self._shared, None
+        if self.estimator == "jvp" and shared is not None and shared[0] is logits:
+            return shared[1] if create_graph else shared[1].detach()
+        if forward is None:
+            raise ValueError(f"estimator={self.estimator!r} needs `forward` (the map from inputs to logits).")
+        if self.estimator == "jvp":
+            return frobenius_norm_sq_jvp(forward, x, n_proj, create_graph=create_graph, generator=self.generator)[1]
+        return frobenius_norm_sq_finite_difference(
+            forward, x, n_proj, create_graph=create_graph, generator=self.generator
+        )
