@@ -212,7 +212,8 @@ def frobenius_norm_sq_jvp(
     directions = random_unit_directions(x, n_projections, generator)
     dim = x[0].numel()
     with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
-        logits, total = None, 0.0
+        logits: torch.Tensor | None = None
+        total: torch.Tensor | float = 0.0
         for u in directions:
             out, tangent = jacobian_vector_product(func, x, u)
             logits = out if logits is None else logits
@@ -246,7 +247,7 @@ def frobenius_norm_sq_finite_difference(
     directions = random_unit_directions(x, n_projections, generator)
     dim = x[0].numel()
     with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
-        total = 0.0
+        total: torch.Tensor | float = 0.0
         for u in directions:
             total = total + finite_difference_jvp(func, x, u, step).pow(2).sum(dim=1)
     return (dim / n_projections) * total  # type: ignore[return-value]

@@ -31,7 +31,7 @@ from art_jacreg.training.art_face import warn_unused as _warn_unused
 from art_jacreg.training.jr_variants import VariantObjective, check_variant_settings
 from art_jacreg.training.objectives import (
     JacobianRegularizedObjective,
-    check_estimator,
+    check_jacobian_estimator,
     check_jacobian_settings,
     cross_entropy_like,
 )
@@ -123,7 +123,8 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
     estimator_requirements: tuple[type, ...] = (PyTorchClassifier,)
     trainer_params: list[str] = [
         "norm", "reg_weight", "n_projections", "n_rows", "seed", "verbose", "nb_epochs", "batch_size",
-        "target", "perturbation", "perturbed_terms", "finite_difference", "eps", "reg_warmup_epochs", "estimator",
+        "target", "perturbation", "perturbed_terms", "finite_difference", "eps", "reg_warmup_epochs",
+        "jacobian_estimator",
     ]  # fmt: skip
 
     def __init__(
@@ -143,7 +144,7 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
         finite_difference: bool = False,
         eps: float | None = None,
         reg_warmup_epochs: int = 0,
-        estimator: str = "vjp",
+        jacobian_estimator: str = "vjp",
         **kwargs: Any,
     ) -> None:
         """Create a :class:`JacobianRegularizedTrainer`.
@@ -180,11 +181,12 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
             ``finite_difference``; typically the attack radius.
         :param reg_warmup_epochs: Linear warm-up of ``reg_weight``: epoch ``e`` uses
             ``reg_weight * min(1, e / (reg_warmup_epochs + 1))`` (``0``: none).
-        :param estimator: For ``norm=2`` with ``n_projections``: how ``||J||_F^2`` is estimated. ``"vjp"`` (default)
-            random projections of the logits by vector-Jacobian products (double backpropagation); ``"jvp"``
-            forward-mode products ``J u`` along random input directions, on the cross-entropy's forward pass;
-            ``"finite_difference"`` central differences along random input directions (biased, ``O(h^2)``). See
-            :mod:`art_jacreg.forward_norms` and ``benchmarks/bench_jacobian.py --estimators`` for their cost.
+        :param jacobian_estimator: For ``norm=2`` with ``n_projections``: how ``||J||_F^2`` is estimated.
+            ``"vjp"`` (default) random projections of the logits by vector-Jacobian products (double
+            backpropagation); ``"jvp"`` forward-mode products ``J u`` along random input directions, on the
+            cross-entropy's forward pass; ``"finite_difference"`` central differences along random input directions
+            (biased, ``O(h^2)``). See :mod:`art_jacreg.forward_norms` and ``benchmarks/bench_jacobian.py
+            --estimators`` for their cost (neither forward estimator was cheaper at equal robustness on a CPU).
         :param kwargs: Other keywords are ignored with a logged warning.
         """
         self._check_estimator(classifier)
@@ -204,7 +206,7 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
         self.finite_difference = finite_difference
         self.eps = eps
         self.reg_warmup_epochs = reg_warmup_epochs
-        self.estimator = estimator
+        self.jacobian_estimator = jacobian_estimator
         self._reg_weight_is_default = False
         _warn_unused(kwargs, "JacobianRegularizedTrainer")
         self._check_params()
@@ -251,7 +253,9 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
         self.reg_weight, self.n_projections, self.n_rows = check_jacobian_settings(
             self.norm, self.reg_weight, self.n_projections, self.n_rows, self._classifier.nb_classes
         )
-        self.estimator = check_estimator(self.estimator, self.norm, self.n_projections, self.target)
+        self.jacobian_estimator = check_jacobian_estimator(
+            self.jacobian_estimator, self.norm, self.n_projections, self.target
+        )
         self._check_run_params()
 
     def _objective(self, training: bool = True) -> JacobianRegularizedObjective:
@@ -262,7 +266,7 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
         if not training:
             n_projections = self.n_projections if self.target == "logits" else 1
             return JacobianRegularizedObjective(self.norm, self.reg_weight, n_projections, self.n_rows, self._torch_gen,
-                                                estimator=self.estimator)  # fmt: skip
+                                                jacobian_estimator=self.jacobian_estimator)  # fmt: skip
         return VariantObjective(
             self.norm,
             self.reg_weight,
@@ -278,7 +282,7 @@ class JacobianRegularizedTrainer(ArtTrainerFace):
             eps=self.eps,
             reg_warmup_epochs=self.reg_warmup_epochs,
             clip_values=self._classifier.clip_values,
-            estimator=self.estimator,
+            jacobian_estimator=self.jacobian_estimator,
         )
 
     # ------------------------------------------------------------------ public API

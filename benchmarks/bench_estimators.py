@@ -140,7 +140,7 @@ def timing_benchmark(args: argparse.Namespace) -> None:
     def trainer(weight: float, estimator: str) -> Callable[[], None]:
         def run() -> None:
             clf = make_classifier(mnist_cnn(seed=0), device_type="cpu")
-            JacobianRegularizedTrainer(clf, reg_weight=weight, seed=0, verbose=False, estimator=estimator).fit(
+            JacobianRegularizedTrainer(clf, reg_weight=weight, seed=0, verbose=False, jacobian_estimator=estimator).fit(
                 x_np, y_np, batch_size=args.batch, nb_epochs=1
             )
 
@@ -167,7 +167,9 @@ def robustness_benchmark(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         for name, weight, estimator in settings:
             clf = make_classifier(mnist_cnn(seed=seed), device_type="cpu")
-            trainer = JacobianRegularizedTrainer(clf, reg_weight=weight, seed=seed, verbose=False, estimator=estimator)
+            trainer = JacobianRegularizedTrainer(
+                clf, reg_weight=weight, seed=seed, verbose=False, jacobian_estimator=estimator
+            )
             start = time.perf_counter()
             trainer.fit(x_train, y_train_idx, batch_size=args.batch, nb_epochs=args.train_epochs)
             seconds = (time.perf_counter() - start) / args.train_epochs

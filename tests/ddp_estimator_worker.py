@@ -32,7 +32,7 @@ def one_step(estimator: str) -> dict:
     model = mnist_mlp(seed=0, hidden=32)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     clf = make_classifier(model, optimizer=torch.optim.SGD(model.parameters(), lr=LR), device_type="cpu")
-    trainer = JacobianRegularizedTrainer(clf, reg_weight=WEIGHT, seed=0, verbose=False, estimator=estimator)
+    trainer = JacobianRegularizedTrainer(clf, reg_weight=WEIGHT, seed=0, verbose=False, jacobian_estimator=estimator)
     seen: dict = {"batches": [], "directions": []}
     draw, call = forward_norms.random_unit_directions, jr_variants.VariantObjective.__call__
 
@@ -55,7 +55,7 @@ def one_step(estimator: str) -> dict:
     forward_norms.random_unit_directions = lambda *args, **kwargs: directions
     local = mnist_mlp(seed=0, hidden=32)
     local.load_state_dict(initial)
-    objective = jr_variants.VariantObjective(2.0, WEIGHT, 1, None, torch.Generator(), estimator=estimator)
+    objective = jr_variants.VariantObjective(2.0, WEIGHT, 1, None, torch.Generator(), jacobian_estimator=estimator)
     objective(local, xb, yb).loss.backward()
     plain = mnist_mlp(seed=0, hidden=32)
     plain.load_state_dict(initial)

@@ -1,4 +1,5 @@
-"""The ``estimator`` option of the Jacobian-regularized objective and trainer ("vjp", "jvp", "finite_difference")."""
+"""The ``jacobian_estimator`` option of the Jacobian-regularized objective and trainer ("vjp", "jvp",
+"finite_difference")."""
 
 from __future__ import annotations
 
@@ -32,25 +33,25 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
 def _trainer(estimator: str = "vjp", seed: int = 0, **kwargs) -> JacobianRegularizedTrainer:
     clf = make_classifier(mnist_cnn(seed=0), device_type="cpu")
-    return JacobianRegularizedTrainer(clf, seed=seed, verbose=False, estimator=estimator, **kwargs)
+    return JacobianRegularizedTrainer(clf, seed=seed, verbose=False, jacobian_estimator=estimator, **kwargs)
 
 
 def test_the_option_is_a_validated_trainer_parameter() -> None:
     trainer = _trainer()
-    assert trainer.get_params()["estimator"] == "vjp"
-    trainer.set_params(estimator=" JVP")
-    assert trainer.estimator == "jvp"
-    with pytest.raises(ValueError, match="`estimator` must be one of 'vjp', 'jvp', 'finite_difference'"):
-        trainer.set_params(estimator="forward")
-    assert trainer.estimator == "jvp"  # unchanged by the refused call
-    with pytest.raises(ValueError, match="norm=np.inf .* supports only estimator='vjp'"):
+    assert trainer.get_params()["jacobian_estimator"] == "vjp"
+    trainer.set_params(jacobian_estimator=" JVP")
+    assert trainer.jacobian_estimator == "jvp"
+    with pytest.raises(ValueError, match="`jacobian_estimator` must be one of 'vjp', 'jvp', 'finite_difference'"):
+        trainer.set_params(jacobian_estimator="forward")
+    assert trainer.jacobian_estimator == "jvp"  # unchanged by the refused call
+    with pytest.raises(ValueError, match="norm=np.inf .* supports only jacobian_estimator='vjp'"):
         _trainer("jvp", norm="inf")
     with pytest.raises(ValueError, match="needs `n_projections` >= 1"):
         _trainer("finite_difference", n_projections=None)
     with pytest.raises(ValueError, match='applies only to target="logits"'):
         _trainer("jvp", target="loss", reg_weight=1.0)
-    with pytest.raises(ValueError, match="`estimator` must be one of"):
-        JacobianRegularizedObjective(2.0, 0.1, 1, None, torch.Generator(), estimator=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`jacobian_estimator` must be one of"):
+        JacobianRegularizedObjective(2.0, 0.1, 1, None, torch.Generator(), jacobian_estimator=None)  # type: ignore[arg-type]
 
 
 class _Counting(torch.nn.Module):
@@ -77,7 +78,7 @@ def test_the_training_objective_computes_the_estimate_with_the_right_weight_grad
     (x, y), _, _, _ = load_mnist()
     xb, yb = torch.from_numpy(x[:6]).double(), torch.from_numpy(y[:6].argmax(1))
     model = _Counting(mnist_cnn(seed=4).double())
-    objective = VariantObjective(2.0, 0.1, 1, None, torch.Generator().manual_seed(9), estimator=estimator)
+    objective = VariantObjective(2.0, 0.1, 1, None, torch.Generator().manual_seed(9), jacobian_estimator=estimator)
     out = objective(model, xb, yb)
     assert model.calls == (1 if estimator == "jvp" else 3)
     got = torch.autograd.grad(out.loss, list(model.parameters()))
@@ -131,7 +132,7 @@ def test_a_checkpoint_of_another_estimator_is_refused(digits, tmp_path: Path) ->
     x, y = digits
     ckpt = tmp_path / "run.ckpt"
     _trainer("vjp").fit(x[:128], y[:128], batch_size=64, nb_epochs=1, checkpoint=ckpt)
-    with pytest.raises(ValueError, match="estimator"):
+    with pytest.raises(ValueError, match="jacobian_estimator"):
         _trainer("jvp").fit(x[:128], y[:128], batch_size=64, nb_epochs=2, checkpoint=ckpt)
 
 
@@ -141,7 +142,7 @@ def test_the_exact_norm_is_the_same_whatever_the_estimator() -> None:
     model = mnist_mlp(seed=0, hidden=16).eval()
     exact = frobenius_norm_sq(model, xb)
     for estimator in ("vjp", "jvp", "finite_difference"):
-        objective = JacobianRegularizedObjective(2.0, 0.1, 1, None, torch.Generator(), estimator=estimator)
+        objective = JacobianRegularizedObjective(2.0, 0.1, 1, None, torch.Generator(), jacobian_estimator=estimator)
         x_in = xb.clone().requires_grad_(True)
         reg = objective.regularizer(x_in, model(x_in), create_graph=False, exact=True, forward=model)
         torch.testing.assert_close(reg, exact)

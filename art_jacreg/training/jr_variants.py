@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from art_jacreg.training.checks import check_logits
 from art_jacreg.training.loop import Forward, ObjectiveOutput
-from art_jacreg.training.objectives import JacobianRegularizedObjective, check_estimator
+from art_jacreg.training.objectives import JacobianRegularizedObjective, check_jacobian_estimator
 from art_jacreg.training.perturbations import direction, perturb
 
 __all__ = [
@@ -213,7 +213,7 @@ class VariantObjective(JacobianRegularizedObjective):
     :param eps: Radius / step in raw input units (with ``perturbation`` or ``finite_difference``).
     :param reg_warmup_epochs: Length of the linear warm-up of ``reg_weight`` in epochs.
     :param clip_values: ``(min, max)`` of the inputs (perturbed points are clipped to it), or ``None``.
-    :param estimator: Estimator of ``||J||_F^2`` (``target="logits"``, ``norm=2``): ``"vjp"``, ``"jvp"`` or
+    :param jacobian_estimator: Estimator of ``||J||_F^2`` (``target="logits"``, ``norm=2``): ``"vjp"``, ``"jvp"`` or
         ``"finite_difference"``.
     """
 
@@ -233,10 +233,12 @@ class VariantObjective(JacobianRegularizedObjective):
         eps: float | None = None,
         reg_warmup_epochs: int = 0,
         clip_values: Any = None,
-        estimator: str = "vjp",
+        jacobian_estimator: str = "vjp",
     ) -> None:
-        check_estimator(estimator, norm, n_projections, target)
-        super().__init__(norm, reg_weight, n_projections, n_rows, generator, cross_entropy, nb_classes, estimator)
+        check_jacobian_estimator(jacobian_estimator, norm, n_projections, target)
+        super().__init__(
+            norm, reg_weight, n_projections, n_rows, generator, cross_entropy, nb_classes, jacobian_estimator
+        )
         self.target, self.perturbation, self.perturbed_terms, self.finite_difference, self.eps, self.warmup = (
             check_variant_settings(
                 target, perturbation, perturbed_terms, finite_difference, eps, reg_warmup_epochs, n_projections, n_rows

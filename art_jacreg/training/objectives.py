@@ -5,7 +5,7 @@ r"""Training objectives for :class:`art_jacreg.training.loop.TrainingLoop` (torc
     mean cross-entropy  +  reg_weight * mean regulariser,
 
 with the regulariser :math:`\|J(x)\|_F^2` (``norm=2``) or :math:`\|J(x)\|_{1,1}` (``norm=inf``) of the logits
-w.r.t. the input of ``forward``, exact or estimated by :mod:`art_jacreg.norms`. The ``estimator`` of
+w.r.t. the input of ``forward``, exact or estimated by :mod:`art_jacreg.norms`. The ``jacobian_estimator`` of
 :math:`\|J\|_F^2` is ``"vjp"`` (random projections of the logits, double backpropagation), ``"jvp"`` (forward mode
 along random input directions, on the forward pass of the cross-entropy) or ``"finite_difference"`` (central
 differences along random input directions, two more forward passes); see :mod:`art_jacreg.forward_norms`.
@@ -29,7 +29,7 @@ from art_jacreg.norms import frobenius_norm_sq_from_logits, l11_norm_from_logits
 from art_jacreg.training.checks import check_logits
 from art_jacreg.training.loop import Forward, ObjectiveOutput
 
-__all__ = ["cross_entropy_like", "check_jacobian_settings", "check_estimator", "JacobianRegularizedObjective"]
+__all__ = ["cross_entropy_like", "check_jacobian_settings", "check_jacobian_estimator", "JacobianRegularizedObjective"]
 
 CrossEntropy = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -96,7 +96,7 @@ def check_jacobian_settings(
     return float(reg_weight), n_projections, n_rows
 
 
-def check_estimator(estimator: object, norm: float, n_projections: int | None, target: str = "logits") -> str:
+def check_jacobian_estimator(estimator: object, norm: float, n_projections: int | None, target: str = "logits") -> str:
     """Validate the ``estimator`` of ``||J||_F^2`` against the other settings.
 
     :param estimator: One of :data:`art_jacreg.forward_norms.ESTIMATORS`.
@@ -107,21 +107,22 @@ def check_estimator(estimator: object, norm: float, n_projections: int | None, t
     :raises ValueError: On an unknown name, or ``"jvp"`` / ``"finite_difference"`` with ``norm=inf``, with the exact
         norm (``n_projections=None``) or with another ``target``.
     """
-    estimator = validate_estimator(estimator)
+    estimator = validate_estimator(estimator, "jacobian_estimator")
     if estimator == "vjp":
         return estimator
     if norm != 2:
         raise ValueError(
-            f"`estimator`={estimator!r} estimates ||J||_F^2 (norm=2); norm=np.inf (||J||_{{1,1}}) supports only "
-            "estimator='vjp' (with `n_rows`)."
+            f"`jacobian_estimator`={estimator!r} estimates ||J||_F^2 (norm=2); norm=np.inf (||J||_{{1,1}}) supports "
+            "only jacobian_estimator='vjp' (with `n_rows`)."
         )
     if n_projections is None:
         raise ValueError(
-            f"`estimator`={estimator!r} is a random estimate: it needs `n_projections` >= 1 (n_projections=None is "
-            "the exact norm, computed with vector-Jacobian products; use estimator='vjp' with it)."
+            f"`jacobian_estimator`={estimator!r} is a random estimate: it needs `n_projections` >= 1 "
+            "(n_projections=None is the exact norm, computed with vector-Jacobian products; use "
+            "jacobian_estimator='vjp' with it)."
         )
     if target != "logits":
-        raise ValueError(f'`estimator`={estimator!r} applies only to target="logits", got target={target!r}.')
+        raise ValueError(f'`jacobian_estimator`={estimator!r} applies only to target="logits", got target={target!r}.')
     return estimator
 
 
@@ -136,8 +137,8 @@ class JacobianRegularizedObjective:
     :param cross_entropy: The cross-entropy (see :func:`cross_entropy_like`).
     :param nb_classes: Number of classes; the outputs of the first batch are checked against it
         (:func:`~art_jacreg.training.checks.check_logits`).
-    :param estimator: ``norm=2`` with ``n_projections``: ``"vjp"``, ``"jvp"`` or ``"finite_difference"``
-        (:func:`check_estimator`).
+    :param jacobian_estimator: ``norm=2`` with ``n_projections``: ``"vjp"``, ``"jvp"`` or ``"finite_difference"``
+        (:func:`check_jacobian_estimator`).
     """
 
     #: Advice appended to the error of a non-finite loss.
@@ -152,10 +153,10 @@ class JacobianRegularizedObjective:
         generator: torch.Generator,
         cross_entropy: CrossEntropy = torch.nn.functional.cross_entropy,
         nb_classes: int | None = None,
-        estimator: str = "vjp",
+        jacobian_estimator: str = "vjp",
     ) -> None:
         self.norm = norm
-        self.estimator = check_estimator(estimator, norm, n_projections)
+        self.jacobian_estimator = check_jacobian_estimator(jacobian_estimator, norm, n_projections)
         self.reg_weight = reg_weight
         self.n_projections = n_projections
         self.n_rows = n_rows
@@ -189,21 +190,21 @@ class JacobianRegularizedObjective:
         return ObjectiveOutput(loss, parts, correct)
 
     def forward_logits(self, forward: Forward, x: torch.Tensor, regularize: bool = True) -> torch.Tensor:
-        """The logits of ``x`` for the loss; with ``estimator="jvp"`` and ``regularize`` the same (dual) forward pass
-        also yields the regulariser, kept for the next :meth:`regularizer` call with these logits.
+        """The logits of ``x`` for the loss; with ``jacobian_estimator="jvp"`` and ``regularize`` the same (dual)
+        forward pass also yields the regulariser, kept for the next :meth:`regularizer` call with these logits.
 
         With ``"jvp"`` or ``"finite_difference"`` the logits are not connected to ``x`` (the regulariser does not
         differentiate w.r.t. the input), which spares the backward pass the input gradient.
 
         :param forward: Map from an input batch to logits.
-        :param x: Input batch (requires grad for ``estimator="vjp"``).
+        :param x: Input batch (requires grad for ``jacobian_estimator="vjp"``).
         :param regularize: Whether the regulariser of this batch will be computed.
         :return: Logits ``(B, K)``.
         """
         self._shared = None
-        if self.estimator == "vjp" or not regularize:
+        if self.jacobian_estimator == "vjp" or not regularize:
             return forward(x)
-        if self.estimator == "finite_difference":
+        if self.jacobian_estimator == "finite_difference":
             return forward(x.detach())
         logits, estimate = frobenius_norm_sq_jvp(
             forward, x, self.n_projections or 1, create_graph=True, generator=self.generator
@@ -226,14 +227,14 @@ class JacobianRegularizedObjective:
         :param logits: Logits computed from ``x`` (by :meth:`forward_logits`, whose ``"jvp"`` estimate is reused).
         :param create_graph: Keep the graph (training).
         :param exact: Use the exact norm whatever the estimator settings.
-        :param forward: Map from an input batch to logits; needed by ``estimator="jvp"`` (unless ``logits`` come from
-            :meth:`forward_logits`) and ``"finite_difference"``.
+        :param forward: Map from an input batch to logits; needed by ``jacobian_estimator="jvp"`` (unless ``logits``
+            come from :meth:`forward_logits`) and ``"finite_difference"``.
         :return: Tensor ``(B,)``.
         :raises ValueError: If the estimator needs ``forward`` and it is not given.
         """
         if self.norm == 2:
             n_proj = None if exact else self.n_projections
-            if n_proj is None or self.estimator == "vjp":
+            if n_proj is None or self.jacobian_estimator == "vjp":
                 return frobenius_norm_sq_from_logits(
                     x, logits, n_projections=n_proj, create_graph=create_graph, generator=self.generator
                 )
@@ -248,11 +249,13 @@ class JacobianRegularizedObjective:
     ) -> torch.Tensor:
         """The ``"jvp"`` / ``"finite_difference"`` estimate of ``||J||_F^2`` (the shared one when it matches)."""
         shared, self._shared = self._shared, None
-        if self.estimator == "jvp" and shared is not None and shared[0] is logits:
+        if self.jacobian_estimator == "jvp" and shared is not None and shared[0] is logits:
             return shared[1] if create_graph else shared[1].detach()
         if forward is None:
-            raise ValueError(f"estimator={self.estimator!r} needs `forward` (the map from inputs to logits).")
-        if self.estimator == "jvp":
+            raise ValueError(
+                f"jacobian_estimator={self.jacobian_estimator!r} needs `forward` (the map from inputs to logits)."
+            )
+        if self.jacobian_estimator == "jvp":
             return frobenius_norm_sq_jvp(forward, x, n_proj, create_graph=create_graph, generator=self.generator)[1]
         return frobenius_norm_sq_finite_difference(
             forward, x, n_proj, create_graph=create_graph, generator=self.generator
