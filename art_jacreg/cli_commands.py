@@ -96,8 +96,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     """
     if args.certified and args.eps is None:
         raise CLIError("train --certified needs --eps (the radius to certify, e.g. --eps 0.3 with --norm 2).")
-    if not args.certified and (args.eps is not None or args.bound != "global"):
-        raise CLIError("--eps and --bound apply only to train --certified.")
+    if not args.certified and (args.eps is not None or args.bound != "global" or args.lr_schedule is not None):
+        raise CLIError("--eps, --bound and --lr-schedule apply only to train --certified.")
     _check_outputs(out=args.out, checkpoint=args.checkpoint)
     _check_data(args.data)
     _set_threads(args)
@@ -130,7 +130,9 @@ def _train(args: argparse.Namespace, main_process: bool) -> int:
         seed=args.seed,
         verbose=not args.quiet,
         checkpoint=args.checkpoint,
-        certified=None if not args.certified else {"eps": args.eps, "bound": args.bound},
+        certified=None
+        if not args.certified
+        else {"eps": args.eps, "bound": args.bound, "lr_schedule": args.lr_schedule},
     )
     if not main_process:
         return 0

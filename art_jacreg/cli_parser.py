@@ -79,6 +79,12 @@ def _add_certified(train: argparse.ArgumentParser) -> None:
         default="global",
         help="training bound: global (GloRo l2 / IBP l-inf, default: measured as good and faster) or local",
     )
+    group.add_argument(
+        "--lr-schedule",
+        choices=("cosine", "constant"),
+        default=None,
+        help="learning rate over the run (default: cosine for l2, constant for inf)",
+    )
 
 
 def _add_model(parser: argparse.ArgumentParser) -> None:

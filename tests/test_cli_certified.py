@@ -14,6 +14,7 @@ from art_jacreg.cli import main
 def test_train_certified_saves_a_model_that_certify_loads(tmp_path):
     out = tmp_path / "cert.pt"
     args = ["train", "--certified", "--norm", "2", "--eps", "0.3", "--bound", "global", "--epochs", "1"]
+    args += ["--lr-schedule", "constant"]
     res = subprocess.run(
         [sys.executable, "-m", "art_jacreg.cli", *args, "--n-train", "256", "--out", str(out), "--quiet"],
         capture_output=True,
@@ -35,6 +36,7 @@ def test_train_certified_saves_a_model_that_certify_loads(tmp_path):
         (["train", "--certified", "--norm", "2"], "needs --eps"),
         (["train", "--eps", "0.3"], "only to train --certified"),
         (["train", "--bound", "local"], "only to train --certified"),
+        (["train", "--lr-schedule", "cosine"], "only to train --certified"),
     ],
 )
 def test_certified_options_are_checked_before_training(argv, message, tmp_path, capsys, monkeypatch):
