@@ -84,7 +84,7 @@ class ReLU(PiecewiseOp):
         self, lo: torch.Tensor, hi: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
     ) -> Tensors:
         active, unstable = (lower >= 0)[:, None], ((lower < 0) & (upper > 0))[:, None]
-        zero = torch.zeros((), dtype=lo.dtype)
+        zero = torch.zeros((), dtype=lo.dtype, device=lo.device)
         lo = torch.where(active, lo, torch.where(unstable, lo.clamp(max=0), zero))
         hi = torch.where(active, hi, torch.where(unstable, hi.clamp(min=0), zero))
         return lo, hi
