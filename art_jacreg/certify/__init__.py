@@ -21,7 +21,7 @@ call their rules), and :mod:`.certificates` and :mod:`.radius` (the public certi
 
 from __future__ import annotations
 
-from art_jacreg.certify._common import METHODS
+from art_jacreg._validate import METHODS
 from art_jacreg.certify.certificates import certified_loss_bound, certify_at, logit_bounds
 from art_jacreg.certify.convert import UnsupportedOperationError
 from art_jacreg.certify.lipschitz import global_lipschitz_bound, layer_operator_norms

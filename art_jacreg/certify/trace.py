@@ -94,7 +94,7 @@ class NetworkPlan:
         ops: list[Op] = []
         pre = self.preprocessing
         if pre is not None and build.live:
-            scale, shift = pre.scale.to(build.dtype, build.device), pre.offset.to(build.dtype, build.device)
+            scale, shift = pre.scale.to(build.device, build.dtype), pre.offset.to(build.device, build.dtype)
             ops.append(Affine(scale, shift, pre.in_shape, live=True))
         elif pre is not None:
             ops.append(pre)
