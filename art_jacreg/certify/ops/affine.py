@@ -103,7 +103,13 @@ class AffineOp(Op):
         return self.rows_t(c), r
 
     def ball_step(  # noqa: D102
-        self, c: torch.Tensor, rho: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, norm: float, lip: float
+        self,
+        c: torch.Tensor,
+        rho: torch.Tensor,
+        lower: torch.Tensor,
+        upper: torch.Tensor,
+        norm: float,
+        lip: float | torch.Tensor,
     ) -> Tensors:
         return self.rows_t(c), rho * lip  # ||A^T||_{p* -> p*} = ||A||_{p -> p}
 

@@ -162,7 +162,13 @@ class Op:
         raise NotImplementedError
 
     def ball_step(
-        self, c: torch.Tensor, rho: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, norm: float, lip: float
+        self,
+        c: torch.Tensor,
+        rho: torch.Tensor,
+        lower: torch.Tensor,
+        upper: torch.Tensor,
+        norm: float,
+        lip: float | torch.Tensor,
     ) -> Tensors:
         """Pull ``{g : ||g - c||_{p*} <= rho}`` back through the operation (a set containing every row pulled back).
 
@@ -171,7 +177,7 @@ class Op:
         :param lower: Lower bounds of the input.
         :param upper: Upper bounds.
         :param norm: ``2`` or ``inf`` (``p``).
-        :param lip: :meth:`operator_norm` of the operation for ``norm``.
+        :param lip: :meth:`operator_norm` of the operation for ``norm`` (a training estimate, a tensor, in training).
         :return: ``(c', rho')``.
         """
         raise NotImplementedError

@@ -127,7 +127,13 @@ class MaxPool2d(PiecewiseOp):
         return fold_lo, fold_hi
 
     def ball_step(  # noqa: D102
-        self, c: torch.Tensor, rho: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, norm: float, lip: float
+        self,
+        c: torch.Tensor,
+        rho: torch.Tensor,
+        lower: torch.Tensor,
+        upper: torch.Tensor,
+        norm: float,
+        lip: float | torch.Tensor,
     ) -> Tensors:
         # A dominated window routes the centre to its maximum; the others, of unknown routing, move into the ball
         # through the pooling's Lipschitz constant, which also scales rho.

@@ -90,7 +90,13 @@ class ReLU(PiecewiseOp):
         return lo, hi
 
     def ball_step(  # noqa: D102
-        self, c: torch.Tensor, rho: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, norm: float, lip: float
+        self,
+        c: torch.Tensor,
+        rho: torch.Tensor,
+        lower: torch.Tensor,
+        upper: torch.Tensor,
+        norm: float,
+        lip: float | torch.Tensor,
     ) -> Tensors:
         c = self.rows_for(c, lower)
         active, unstable = (lower >= 0)[:, None], ((lower < 0) & (upper > 0))[:, None]
