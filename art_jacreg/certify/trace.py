@@ -15,8 +15,9 @@ The trace is kept as a :class:`NetworkPlan` (the chain's graph nodes with their 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,10 @@ class NetworkPlan:
         self, steps: list[tuple[fx.Node, tuple, tuple]], input_shape: tuple[int, ...], preprocessing: Affine | None
     ) -> None:
         self.steps, self.input_shape, self.preprocessing = steps, input_shape, preprocessing
+        # Live operations without parameters (ReLU, MaxPool, reshapes, scalar arithmetic, AvgPool, preprocessing)
+        # depend on nothing that training changes: built once per dtype and device and reused by every live build.
+        self._constants: dict[tuple[int, Build], list[Op]] = {}
+        self._parameter_free: list[bool] | None = None
 
     def ops(self, root: nn.Module, build: Build = FROZEN) -> list[Op]:
         """The chain's operations, folded, with parameters read from ``root``'s modules.
@@ -94,13 +99,33 @@ class NetworkPlan:
         ops: list[Op] = []
         pre = self.preprocessing
         if pre is not None and build.live:
-            scale, shift = pre.scale.to(build.device, build.dtype), pre.offset.to(build.device, build.dtype)
-            ops.append(Affine(scale, shift, pre.in_shape, live=True))
+            ops.extend(self._constant(-1, build, lambda: [_live_copy(pre, build)]))
         elif pre is not None:
             ops.append(pre)
-        for node, in_shape, out_shape in self.steps:
-            ops.extend(convert_node(node, root, in_shape, out_shape, build))
+        free = self._free(root) if build.live else [False] * len(self.steps)
+        for i, (node, in_shape, out_shape) in enumerate(self.steps):
+            convert = functools.partial(convert_node, node, root, in_shape, out_shape, build)
+            ops.extend(self._constant(i, build, convert) if free[i] else convert())
         return _fold(ops)
+
+    def _constant(self, key: int, build: Build, make: Callable[[], list[Op]]) -> list[Op]:
+        """The parameter-free operations of step ``key`` (``-1``: preprocessing) for ``build``, made once."""
+        if (key, build) not in self._constants:
+            self._constants[(key, build)] = make()
+        return self._constants[(key, build)]
+
+    def _free(self, root: nn.Module) -> list[bool]:
+        """Per step: whether its operations read no parameter or buffer of ``root``."""
+        if self._parameter_free is None:
+
+            def free(node: fx.Node) -> bool:
+                if node.op != "call_module":
+                    return True
+                mod = root.get_submodule(str(node.target))
+                return next(iter(mod.parameters()), None) is None and next(iter(mod.buffers()), None) is None
+
+            self._parameter_free = [free(node) for node, _, _ in self.steps]
+        return self._parameter_free
 
     def build_live(self, model: nn.Module) -> LiveNetwork:
         """The network on ``model``'s own parameters, in their dtype and device: every rule differentiable.
@@ -111,6 +136,13 @@ class NetworkPlan:
         """
         param = next(iter(model.parameters()))
         return LiveNetwork(self.ops(model, Build(True, param.dtype, param.device)), self.input_shape)
+
+
+def _live_copy(pre: Affine, build: Build) -> Affine:
+    """The preprocessing operation in the live build's dtype and device."""
+    return Affine(
+        pre.scale.to(build.device, build.dtype), pre.offset.to(build.device, build.dtype), pre.in_shape, live=True
+    )
 
 
 def build_network(

@@ -30,8 +30,13 @@ class Linear(AffineOp):
             bias = None if bias is None else bias.detach().to(DTYPE).clone()
         super().__init__((weight.shape[1],), (weight.shape[0],))
         self.live = live
-        self.weight, self.abs_weight = weight, weight.abs()
+        self.weight, self._abs_weight = weight, None if live else weight.abs()
         self._offset = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device) if bias is None else bias
+
+    @property
+    def abs_weight(self) -> torch.Tensor:
+        """``|W|``: computed once for a frozen operation, at every use for a live one (its gradient follows)."""
+        return self.weight.abs() if self._abs_weight is None else self._abs_weight
 
     def lin(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return x @ self.weight.T
