@@ -202,7 +202,7 @@ class AffineOp(Op):
         if norm == 2:
             if vector is None:
                 raise ValueError(f"the l2 training norm of {self!r} needs a power-iteration vector (power_start)")
-            u = vector
+            u = vector.to(self.offset.device, self.offset.dtype)  # follows the model to another device
             with torch.no_grad():
                 for _ in range(n_iter):
                     u = self.lin_t(self.lin(u))
