@@ -49,14 +49,8 @@ BOUNDS = ("global", "local")
 class CertifiedMargins(ChainOps):
     """Differentiable margin lower bounds of a chain model over ``B_p(x, eps) ∩ box``.
 
-    :param model: A chain of supported operations (see :class:`~art_jacreg.certify.chain_ops.ChainOps`); its
-        parameters are read, never modified.
-    :param input_shape: Raw per-sample input shape, e.g. ``(1, 28, 28)``.
-    :param preprocessing: ``None`` or ART's ``(mean, std)`` (scalars or broadcastable arrays): the model sees
-        ``(x - mean) / std``; ``eps`` stays in raw input units.
-    :param clip_values: ``None`` or the ``(min, max)`` box the attacker stays in.
-    :param seed: Seed of the power-iteration start vectors.
-    :raises UnsupportedOperationError: For an operation the bounds do not support.
+    Constructed as :class:`~art_jacreg.certify.chain_ops.ChainOps` (the model, its raw per-sample input shape, ART's
+    ``(mean, std)`` preprocessing, the clip box and the power-iteration seed); the model is never modified.
     """
 
     def margin_lower(

@@ -10,7 +10,7 @@ import math
 import torch
 
 from art_jacreg.certify._dtype import DTYPE
-from art_jacreg.certify.ops.base import NORM_SLACK, Op, Tensors
+from art_jacreg.certify.ops.base import NORM_SLACK, Op, Scalar, Tensors
 from art_jacreg.certify.ops.patch_geometry import PatchGeometry
 
 logger = logging.getLogger(__name__)
@@ -103,13 +103,7 @@ class AffineOp(Op):
         return self.rows_t(c), r
 
     def ball_step(  # noqa: D102
-        self,
-        c: torch.Tensor,
-        rho: torch.Tensor,
-        lower: torch.Tensor,
-        upper: torch.Tensor,
-        norm: float,
-        lip: float | torch.Tensor,
+        self, c: torch.Tensor, rho: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, norm: float, lip: Scalar
     ) -> Tensors:
         return self.rows_t(c), rho * lip  # ||A^T||_{p* -> p*} = ||A||_{p -> p}
 

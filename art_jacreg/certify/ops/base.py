@@ -33,6 +33,7 @@ from art_jacreg.certify.ops.patch_geometry import Pair, PatchGeometry
 __all__ = ["Op", "PiecewiseOp", "weighted_sum", "dual_norm"]
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
+Scalar = float | torch.Tensor  # a norm: a float bound, or a differentiable training estimate
 NORM_SLACK = 1.0 + 1e-9  # relative inflation of computed operator norms (rounding)
 
 
@@ -162,13 +163,7 @@ class Op:
         raise NotImplementedError
 
     def ball_step(
-        self,
-        c: torch.Tensor,
-        rho: torch.Tensor,
-        lower: torch.Tensor,
-        upper: torch.Tensor,
-        norm: float,
-        lip: float | torch.Tensor,
+        self, c: torch.Tensor, rho: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, norm: float, lip: Scalar
     ) -> Tensors:
         """Pull ``{g : ||g - c||_{p*} <= rho}`` back through the operation (a set containing every row pulled back).
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from art_jacreg.certify._dtype import DTYPE, Shape
-from art_jacreg.certify.ops.base import NORM_SLACK, PiecewiseOp, Tensors, dual_norm
+from art_jacreg.certify.ops.base import NORM_SLACK, PiecewiseOp, Scalar, Tensors, dual_norm
 from art_jacreg.certify.ops.patch_geometry import Pair, PatchGeometry
 
 __all__ = ["MaxPool2d", "maxpool_windows"]
@@ -127,13 +127,7 @@ class MaxPool2d(PiecewiseOp):
         return fold_lo, fold_hi
 
     def ball_step(  # noqa: D102
-        self,
-        c: torch.Tensor,
-        rho: torch.Tensor,
-        lower: torch.Tensor,
-        upper: torch.Tensor,
-        norm: float,
-        lip: float | torch.Tensor,
+        self, c: torch.Tensor, rho: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, norm: float, lip: Scalar
     ) -> Tensors:
         # A dominated window routes the centre to its maximum; the others, of unknown routing, move into the ball
         # through the pooling's Lipschitz constant, which also scales rho.

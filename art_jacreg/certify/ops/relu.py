@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from art_jacreg.certify._dtype import Shape
-from art_jacreg.certify.ops.base import PiecewiseOp, Tensors, dual_norm, weighted_sum
+from art_jacreg.certify.ops.base import PiecewiseOp, Scalar, Tensors, dual_norm, weighted_sum
 from art_jacreg.certify.ops.patch_geometry import PatchGeometry
 
 __all__ = ["ReLU", "relu_relaxation"]
@@ -90,13 +90,7 @@ class ReLU(PiecewiseOp):
         return lo, hi
 
     def ball_step(  # noqa: D102
-        self,
-        c: torch.Tensor,
-        rho: torch.Tensor,
-        lower: torch.Tensor,
-        upper: torch.Tensor,
-        norm: float,
-        lip: float | torch.Tensor,
+        self, c: torch.Tensor, rho: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, norm: float, lip: Scalar
     ) -> Tensors:
         c = self.rows_for(c, lower)
         active, unstable = (lower >= 0)[:, None], ((lower < 0) & (upper > 0))[:, None]
