@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import fx, nn
 
-from art_jacreg.certify import UnsupportedOperationError, build_network
+from art_jacreg.certify import UnsupportedOperationError, build_network, certified_radius
 from art_jacreg.certify.network import LiveNetwork
 from art_jacreg.certify.objectives import CertifiedMargins
 from art_jacreg.certify.ops import Conv2d, Linear
@@ -94,6 +94,8 @@ def test_live_network_matches_the_frozen_one_and_follows_optimizer_steps_without
         after = cm.margin_lower(x.double(), y, 0.03, math.inf, "local", crown=True)[1]
         moved = plan.build_live(model)(x.double())
     assert not torch.allclose(moved, frozen(x.double()))  # the frozen copy keeps the old weights
+    with pytest.raises(TypeError, match="PiecewiseLinearNetwork"):  # a live network is never certified
+        certified_radius(live, x.double(), y, 2.0, (0.0, 1.0))
     assert torch.allclose(moved, model((x.double() - PRE[0]) / PRE[1]), rtol=1e-12, atol=1e-12)
     monkeypatch.undo()
     fresh = CertifiedMargins(model, (1, 8, 8), PRE, (0.0, 1.0))
