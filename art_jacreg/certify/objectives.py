@@ -91,7 +91,6 @@ class CertifiedMargins(ChainOps):
         norms = self.layer_norms(norm, n_iter, net)
         segment = training_segments(norms, norm)
         rows = margin_rows(y.cpu(), self.num_classes)[0].to(device=x.device, dtype=x.dtype)  # (B, K-1, K)
-        s = input_set(x, eps, norm, self.clip_values)
         n = len(net.ops)
         if norm == 2:
             if logits is None:
@@ -100,6 +99,7 @@ class CertifiedMargins(ChainOps):
             best = value - eps[:, None] * row_lipschitz(net, rows, norm, segment)
             if bound == "global":
                 return logits, self._scatter(best, y)
+            s = input_set(x, eps, norm, self.clip_values)
             with torch.no_grad():  # the intervals only decide which ReLUs are stable: no gradient needed through them
                 fixed = [n.detach() if isinstance(n, torch.Tensor) else n for n in norms]
                 bounds = interval_bounds(net, s, training_segments(fixed, norm))
@@ -108,6 +108,7 @@ class CertifiedMargins(ChainOps):
             return logits, self._scatter(torch.maximum(best, value + low), y)
         # l-inf: no Lipschitz term (measured: with it in the max, training follows the loose sqrt(d) l2 product early
         # on and collapses); IBP with the final affine block elided, plus CROWN-IBP on request
+        s = input_set(x, eps, norm, self.clip_values)
         bounds = interval_bounds(net, s, segment, tighten=bound == "local")
         if logits is None:
             assert bounds.centre is not None  # interval_bounds returns the centres
