@@ -101,7 +101,7 @@ class CertifiedMargins(ChainOps):
                 return logits, self._scatter(best, y)
             s = input_set(x, eps, norm, self.clip_values)
             with torch.no_grad():  # the intervals only decide which ReLUs are stable: no gradient needed through them
-                fixed = [n.detach() if isinstance(n, torch.Tensor) else n for n in norms]
+                fixed = [v.detach() if isinstance(v, torch.Tensor) else v for v in norms]
                 bounds = interval_bounds(net, s, training_segments(fixed, norm))
             stop = _depth_boundary(net, depth)
             low = local_deviation_lower(net, bounds, rows, s, spawn={n}, segment=segment, stop=stop)
