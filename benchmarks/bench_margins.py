@@ -29,7 +29,7 @@ CASES = [  # name, norm, bound, depth, crown
 ]
 
 
-def _measure(steps: int) -> dict[str, float]:
+def _measure(steps: int, only: str) -> dict[str, float]:
     """Median seconds per step of every case, in this process (whatever ``art_jacreg`` it imports)."""
     import torch
 
@@ -42,6 +42,8 @@ def _measure(steps: int) -> dict[str, float]:
     y = torch.randint(0, 10, (128,), generator=gen)
     out = {}
     for name, norm, bound, depth, crown in CASES:
+        if only not in name:
+            continue
         model = mnist_cnn(0)
         cm = CertifiedMargins(model, (1, 28, 28), (0.1307, 0.3081), (0.0, 1.0))
         eps = 0.3 if norm == 2 else 0.1
@@ -66,10 +68,11 @@ def main() -> None:
     parser.add_argument("--old", help="root of the reference tree (its art_jacreg is imported in a subprocess)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--only", default="", help="run only the settings whose name contains this text")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_measure(args.steps)))
+        print(json.dumps(_measure(args.steps, args.only)))
         return
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     trees = {"new": here} if args.old is None else {"old": os.path.abspath(args.old), "new": here}
@@ -77,13 +80,15 @@ def main() -> None:
     for _ in range(args.repeats):
         for label, root in trees.items():
             env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
-            cmd = [sys.executable, os.path.abspath(__file__), "--child", "--steps", str(args.steps)]
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", "--steps", str(args.steps), "--only", args.only]
             res = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
             best[label] = {k: min(v, best.get(label, {}).get(k, v)) for k, v in res.items()}
     header = "| setting | " + " | ".join(f"{t} ms/step" for t in trees) + (" | new/old |" if "old" in trees else " |")
     print(header)
     print("|---" * (len(trees) + 1 + ("old" in trees)) + "|")
     for name, *_ in CASES:
+        if args.only not in name:
+            continue
         cells = [f"{1000 * best[t][name]:.1f}" for t in trees]
         ratio = [f"{best['new'][name] / best['old'][name]:.3f}"] if "old" in trees else []
         print("| " + " | ".join([name, *cells, *ratio]) + " |")
