@@ -80,7 +80,8 @@ def main() -> None:
     for _ in range(args.repeats):
         for label, root in trees.items():
             env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
-            cmd = [sys.executable, os.path.abspath(__file__), "--child", "--steps", str(args.steps), "--only", args.only]
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", "--steps", str(args.steps)]
+            cmd += ["--only", args.only]
             res = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
             best[label] = {k: min(v, best.get(label, {}).get(k, v)) for k, v in res.items()}
     header = "| setting | " + " | ".join(f"{t} ms/step" for t in trees) + (" | new/old |" if "old" in trees else " |")
