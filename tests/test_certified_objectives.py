@@ -15,6 +15,7 @@ from torch import nn
 
 from art_jacreg.certify.graph import UnsupportedOperationError
 from art_jacreg.certify.objectives import CertifiedMargins, certified_cross_entropy, worst_case_logits
+from art_jacreg.certify.ops import Conv2d, Linear
 
 PRE = (0.4, 0.3)
 
@@ -179,16 +180,21 @@ def test_power_iteration_converges_to_exact_spectral_norm():
     model = tiny_cnn(3)
     cm = CertifiedMargins(model, (1, 8, 8), PRE, None)
     norms = cm.layer_norms(2.0, n_iter=500)
-    for i, (kind, mod, inp, _) in enumerate(cm.ops):
-        if kind == "conv":
+    checked = 0
+    for op, value in zip(cm.ops, norms):
+        if isinstance(op, Conv2d):
             mat = torch.autograd.functional.jacobian(
-                lambda v, m=mod: nn.functional.conv2d(v, m.weight, None, m.stride, m.padding), torch.zeros((1, *inp))
+                lambda v, m=op: nn.functional.conv2d(v, m.weight, None, m.stride, m.padding),
+                torch.zeros((1, *op.in_shape)),
             )
-            exact = torch.linalg.matrix_norm(mat.reshape(-1, math.prod(inp)), ord=2)
-            assert float(norms[i].detach()) == pytest.approx(float(exact), rel=1e-4)
-        elif kind == "linear":
-            exact = torch.linalg.matrix_norm(mod.weight.detach(), ord=2)
-            assert float(norms[i].detach()) == pytest.approx(float(exact), rel=1e-4)
+            exact = torch.linalg.matrix_norm(mat.reshape(-1, math.prod(op.in_shape)), ord=2)
+            assert float(value.detach()) == pytest.approx(float(exact), rel=1e-4)
+            checked += 1
+        elif isinstance(op, Linear):
+            exact = torch.linalg.matrix_norm(op.weight.detach(), ord=2)
+            assert float(value.detach()) == pytest.approx(float(exact), rel=1e-4)
+            checked += 1
+    assert checked == 4
 
 
 @pytest.mark.parametrize("bound,norm", [("global", 2.0), ("local", 2.0), ("global", math.inf), ("local", math.inf)])

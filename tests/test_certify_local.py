@@ -123,6 +123,31 @@ def test_local_deviation_lower_holds_at_sampled_and_attacked_points(name, norm):
     net, x, s, rows = _setup(name, norm)
     bounds = interval_bounds(net, s)
     lower = local_deviation_lower(net, bounds, rows, s, spawn={len(net.ops)} | set(range(len(net.ops))))
+    attacked, sampled, value = _attacked_and_sampled(net, x, s, rows, norm)
+    slack = 1e-9 * (1 + value.abs())
+    assert (attacked >= lower - slack).all() and (sampled >= lower - slack).all()
+    assert (lower <= 0).all()  # x itself is in the set
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("norm", NORMS)
+def test_depth_limited_local_deviation_lower_holds_at_sampled_and_attacked_points(name, norm):
+    """``stop > 0`` (what certified training uses): rows pulled back to a boundary, the prefix bounded by norms."""
+    net, x, s, rows = _setup(name, norm)
+    bounds = interval_bounds(net, s)
+    attacked, sampled, value = _attacked_and_sampled(net, x, s, rows, norm)
+    slack = 1e-9 * (1 + value.abs())
+    nonlinear = [i for i, op in enumerate(net.ops) if not op.affine]
+    for stop in (nonlinear[-1], nonlinear[len(nonlinear) // 2]):
+        lower = local_deviation_lower(net, bounds, rows, s, stop=stop)
+        assert (attacked >= lower - slack).all() and (sampled >= lower - slack).all()
+        assert (lower <= 0).all()
+    with pytest.raises(ValueError, match="stop"):
+        local_deviation_lower(net, bounds, rows, s, stop=len(net.ops) + 1)
+
+
+def _attacked_and_sampled(net, x, s, rows, norm):
+    """``rows · (f(x') - f(x))`` at PGD points (per row) and at sampled points of the set, and ``rows · f(x)``."""
     value = (rows * net(x)[:, None]).sum(-1)
     # an attack on each row functional: projected gradient descent on rows · f, from a random start
     m = rows.shape[1]
@@ -142,9 +167,7 @@ def test_local_deviation_lower_holds_at_sampled_and_attacked_points(name, norm):
             delta.copy_(project(delta + step, xr, eps_r, norm))
     attacked = (rr[:, 0] * net(xr + delta.detach())).sum(-1).reshape(-1, m) - value
     sampled = torch.stack([(rows * net(p)[:, None]).sum(-1) - value for p in _points(x, s, norm, 8)])
-    slack = 1e-9 * (1 + value.abs())
-    assert (attacked >= lower - slack).all() and (sampled >= lower - slack).all()
-    assert (lower <= 0).all()  # x itself is in the set
+    return attacked, sampled, value
 
 
 def test_centre_ball_tightens_l2_bounds_on_the_cnn():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from art_jacreg import _art, _validate, attacks
+from art_jacreg import _art, _validate, attacks, certify
 from art_jacreg.certify import _common
 
 # ----------------------------------------------------------------------------------- norms
@@ -42,11 +42,11 @@ def test_unknown_norms_are_refused_with_the_argument_name(bad):
 
 
 def test_old_names_are_the_one_implementation():
-    assert _art.validate_norm is _validate.validate_norm is _common.validate_norm
+    assert _art.validate_norm is _validate.validate_norm
     assert _art.validate_labels is _validate.validate_labels
     assert _art.validate_eps is _validate.validate_eps
     assert _art.validate_positive_int is _validate.validate_positive_int
-    assert _common.validate_method is _validate.validate_method and _common.METHODS is _validate.METHODS
+    assert certify.METHODS is _validate.METHODS
     assert attacks.validate_attack is _validate.validate_attack and attacks.ATTACKS is _validate.ATTACKS
     assert not hasattr(attacks, "_DEFAULTS")
 

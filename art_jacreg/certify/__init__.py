@@ -13,15 +13,17 @@ preprocessing) into a chain of supported operations; :func:`certify_at`, :func:`
 Each method also uses the cheaper methods' bounds, so it is never looser than them. All bounds are computed in
 float64 and hold for every point of the set: an attack can never beat them.
 
-Layout: :mod:`.network` (the immutable chain of operations), :mod:`.trace` and :mod:`.convert` (torch.fx ->
-operations), :mod:`.ops` (one class per operation, each owning its bound rules), the engines :mod:`.intervals`
-(IBP and CROWN), :mod:`.patches`, :mod:`.local_jacobian` and :mod:`.lipschitz` (which iterate over operations and
-call their rules), and :mod:`.certificates` and :mod:`.radius` (the public certificates).
+Layout: :mod:`.network` (the immutable chain of operations; the live chain of training), :mod:`.trace` and
+:mod:`.convert` (torch.fx -> a plan -> frozen or live operations), :mod:`.ops` (one class per operation, each owning
+its bound rules), the engines :mod:`.intervals` (IBP and CROWN), :mod:`.patches`, :mod:`.local_jacobian` and
+:mod:`.lipschitz` (which iterate over operations and call their rules), :mod:`.certificates` and :mod:`.radius` (the
+public certificates), and certified training's :mod:`.chain_ops` and :mod:`.objectives`, which run the same engines
+on live operations with training norm estimates: one set of rules for training and certification.
 """
 
 from __future__ import annotations
 
-from art_jacreg.certify._common import METHODS
+from art_jacreg._validate import METHODS
 from art_jacreg.certify.certificates import certified_loss_bound, certify_at, logit_bounds
 from art_jacreg.certify.convert import UnsupportedOperationError
 from art_jacreg.certify.lipschitz import global_lipschitz_bound, layer_operator_norms

@@ -1,4 +1,6 @@
-"""Argument validation and the input set ``B_p(x, eps) ∩ box`` shared by the certifiers."""
+"""The input set ``B_p(x, eps) ∩ box`` shared by the certifiers, margin rows, and the tensor-side checks of their
+arguments (the vocabulary itself, norms, methods, labels and eps, lives in :mod:`art_jacreg._validate`).
+"""
 
 from __future__ import annotations
 
@@ -13,20 +15,15 @@ from art_jacreg import _validate
 from art_jacreg.certify.ops import DTYPE, PiecewiseLinearNetwork
 
 __all__ = [
-    "METHODS",
     "InputSet",
     "box_deviation",
-    "validate_norm",
-    "validate_method",
+    "check_network",
+    "check_x",
     "validate_labels",
+    "validate_eps",
     "input_set",
     "margin_rows",
 ]
-
-# The vocabulary lives in art_jacreg._validate (no ART there); these names are kept importable from here.
-METHODS = _validate.METHODS
-validate_norm = _validate.validate_norm
-validate_method = _validate.validate_method
 
 
 def check_network(net: Any) -> PiecewiseLinearNetwork:
@@ -112,7 +109,7 @@ class InputSet:
         :return: ``(B,)``; ``eps`` or less in the set's own norm, the box's bound in the other.
         :raises ValueError: If ``p`` is not ``2`` or ``inf``.
         """
-        p = validate_norm(p, "p")
+        p = _validate.validate_norm(p, "p")
         dev = box_deviation(self.x, self.lo, self.hi, p)
         return torch.minimum(dev, self.eps) if p == self.norm else dev
 
@@ -137,7 +134,7 @@ def box_deviation(centre: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, p: f
 def input_set(x: torch.Tensor, eps: torch.Tensor, norm: float, clip_values: Any) -> InputSet:
     """Build :class:`InputSet`; the clip box is enlarged to contain ``x`` so that segments from ``x`` stay inside.
 
-    :param x: float64 inputs ``(B, *input_shape)``.
+    :param x: Inputs ``(B, *input_shape)`` (float64 for certificates; the set keeps their dtype and device).
     :param eps: Radii ``(B,)``.
     :param norm: ``2.0`` or ``inf``.
     :param clip_values: ``None`` or ``(min, max)``, scalars or arrays broadcastable to one input.
@@ -155,9 +152,10 @@ def input_set(x: torch.Tensor, eps: torch.Tensor, norm: float, clip_values: Any)
                 for v in clip_values
             )
             cmin, cmax = torch.broadcast_to(cmin, x.shape[1:]), torch.broadcast_to(cmax, x.shape[1:])
+            cmin, cmax = cmin.to(x.device, x.dtype), cmax.to(x.device, x.dtype)
         except (RuntimeError, ValueError, TypeError) as err:
             raise ValueError(f"`clip_values` must broadcast to the input shape {tuple(x.shape[1:])}.") from err
-        if (cmin > cmax).any():
+        if bool((cmin > cmax).any()):
             raise ValueError("`clip_values` must satisfy min <= max.")
         lo = torch.maximum(lo, torch.minimum(cmin, x))
         hi = torch.minimum(hi, torch.maximum(cmax, x))

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from art_jacreg._validate import validate_method, validate_norm
 from art_jacreg.certify._common import (
     InputSet,
     check_network,
@@ -32,8 +33,6 @@ from art_jacreg.certify._common import (
     margin_rows,
     validate_eps,
     validate_labels,
-    validate_method,
-    validate_norm,
 )
 from art_jacreg.certify._dtype import DTYPE
 from art_jacreg.certify.intervals import Bounds, backward_lower, interval_bounds, linear_bounds

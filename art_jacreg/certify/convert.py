@@ -5,6 +5,9 @@ AvgPool2d (as a depthwise :class:`~art_jacreg.certify.ops.conv.Conv2d`), Flatten
 (an element-wise affine with the running statistics), Dropout and Identity (removed), arithmetic with a Python scalar
 (``x * 2``, ``x - 0.5``, ...). Anything else raises :class:`UnsupportedOperationError` naming the operation and the
 graph node. Supporting a new operation means one class in :mod:`art_jacreg.certify.ops` and its case here.
+
+A :class:`Build` says how: frozen (float64 copies, for certificates) or live (the model's own parameters, for
+certified training; BatchNorm is refused there, since a training-mode BatchNorm uses batch statistics).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import math
 import numbers
 import operator
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,11 +26,40 @@ from torch import fx, nn
 from art_jacreg.certify._dtype import DTYPE
 from art_jacreg.certify.ops import Affine, Conv2d, Linear, MaxPool2d, Op, ReLU, Reshape
 
-__all__ = ["UnsupportedOperationError", "convert_node", "is_shape_query", "unsupported", "tensor_shape"]
+__all__ = [
+    "Build",
+    "FROZEN",
+    "UnsupportedOperationError",
+    "convert_node",
+    "is_shape_query",
+    "unsupported",
+    "tensor_shape",
+]
 
 
 class UnsupportedOperationError(TypeError):
     """The model contains an operation (or a graph shape, e.g. a residual branch) the certifiers do not support."""
+
+
+@dataclass(frozen=True)
+class Build:
+    """How operations are built from a model.
+
+    :param live: ``False``: float64 copies of the parameters (certificates); ``True``: the parameters themselves.
+    :param dtype: dtype of the constants a conversion creates (AvgPool kernels, scalar arithmetic) when live.
+    :param device: Their device when live.
+    """
+
+    live: bool = False
+    dtype: torch.dtype = DTYPE
+    device: torch.device = torch.device("cpu")
+
+    def constant(self, value: float) -> torch.Tensor:
+        """A scalar constant of a conversion (the float32 tensor of before when frozen: certificates unchanged)."""
+        return torch.tensor(value, dtype=self.dtype, device=self.device) if self.live else torch.tensor(value)
+
+
+FROZEN = Build()
 
 
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_, F.relu_}
@@ -42,7 +75,7 @@ def _pair(v: Any) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, numbers.Integral) else (int(v[0]), int(v[1]))
 
 
-def _target_name(node: fx.Node, root: nn.Module) -> str:
+def _target_name(node: fx.Node, root: nn.Module) -> str:  # root: the traced module or the model (same names)
     """Human-readable name of what ``node`` calls, e.g. ``torch.sigmoid`` or ``torch.nn.Sigmoid``."""
     if node.op == "call_module":
         mod = root.get_submodule(str(node.target))
@@ -91,10 +124,18 @@ def is_shape_query(node: fx.Node) -> bool:
     )
 
 
-def convert_node(node: fx.Node, gm: fx.GraphModule, in_shape: tuple, out_shape: tuple) -> list[Op]:
-    """Operations equivalent to one graph node (possibly none)."""
+def convert_node(node: fx.Node, gm: nn.Module, in_shape: tuple, out_shape: tuple, build: Build = FROZEN) -> list[Op]:
+    """Operations equivalent to one graph node (possibly none).
+
+    :param node: The node.
+    :param gm: The module the node's module targets are read from (the traced copy, or the model for a live build).
+    :param in_shape: Per-sample input shape.
+    :param out_shape: Per-sample output shape.
+    :param build: Frozen or live (:class:`Build`).
+    :return: The operations.
+    """
     if node.op == "call_module":
-        return _convert_module(node, gm, gm.get_submodule(str(node.target)), in_shape, out_shape)
+        return _convert_module(node, gm, gm.get_submodule(str(node.target)), in_shape, out_shape, build)
     target = node.target
     if node.op == "call_method":
         if target in ("relu", "relu_"):
@@ -126,19 +167,19 @@ def convert_node(node: fx.Node, gm: fx.GraphModule, in_shape: tuple, out_shape: 
             ["input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"],
             {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True, "divisor_override": None},
         )
-        return [_avgpool(node, gm, in_shape, out_shape, a)]
+        return [_avgpool(node, gm, in_shape, out_shape, a, build)]
     if target in _ARITH:
-        return [_arith(node, gm, in_shape)]
+        return [_arith(node, gm, in_shape, build)]
     raise unsupported(node, gm)
 
 
-def _check_constant_args(node: fx.Node, gm: fx.GraphModule, args: dict[str, Any]) -> None:
+def _check_constant_args(node: fx.Node, gm: nn.Module, args: dict[str, Any]) -> None:
     for key, value in args.items():
         if key != "input" and isinstance(value, fx.Node):
             raise unsupported(node, gm, f"argument {key!r} is computed at run time")
 
 
-def _maxpool(node: fx.Node, gm: fx.GraphModule, in_shape: tuple, out_shape: tuple, a: dict[str, Any]) -> Op:
+def _maxpool(node: fx.Node, gm: nn.Module, in_shape: tuple, out_shape: tuple, a: dict[str, Any]) -> Op:
     _check_constant_args(node, gm, a)
     if a["return_indices"]:
         raise unsupported(node, gm, "return_indices=True")
@@ -152,7 +193,7 @@ def _maxpool(node: fx.Node, gm: fx.GraphModule, in_shape: tuple, out_shape: tupl
     return op
 
 
-def _avgpool(node: fx.Node, gm: fx.GraphModule, in_shape: tuple, out_shape: tuple, a: dict[str, Any]) -> Op:
+def _avgpool(node: fx.Node, gm: nn.Module, in_shape: tuple, out_shape: tuple, a: dict[str, Any], build: Build) -> Op:
     _check_constant_args(node, gm, a)
     if len(in_shape) != 3:
         raise unsupported(node, gm, f"expects (C, H, W) inputs, got {in_shape}")
@@ -163,14 +204,15 @@ def _avgpool(node: fx.Node, gm: fx.GraphModule, in_shape: tuple, out_shape: tupl
         raise unsupported(node, gm, "count_include_pad=False with padding")
     divisor = a["divisor_override"] or kernel[0] * kernel[1]
     c = in_shape[0]
-    weight = torch.full((c, 1, *kernel), 1.0 / divisor, dtype=DTYPE)
-    op = Conv2d(weight, None, in_shape, stride, padding, (1, 1), c)
+    dtype, device = (build.dtype, build.device) if build.live else (DTYPE, torch.device("cpu"))
+    weight = torch.full((c, 1, *kernel), 1.0 / divisor, dtype=dtype, device=device)
+    op = Conv2d(weight, None, in_shape, stride, padding, (1, 1), c, live=build.live)
     if op.out_shape != tuple(out_shape):
         raise unsupported(node, gm, "ceil_mode=True changes the output size")
     return op
 
 
-def _reshape(node: fx.Node, gm: fx.GraphModule, in_shape: tuple, out_shape: tuple) -> list[Op]:
+def _reshape(node: fx.Node, gm: nn.Module, in_shape: tuple, out_shape: tuple) -> list[Op]:
     full_in, full_out = tensor_shape(node.all_input_nodes[0]), tensor_shape(node)
     assert full_in is not None and full_out is not None  # only tensor-valued nodes are converted
     if full_out[0] != full_in[0] or math.prod(in_shape) != math.prod(out_shape):
@@ -178,7 +220,7 @@ def _reshape(node: fx.Node, gm: fx.GraphModule, in_shape: tuple, out_shape: tupl
     return [] if tuple(in_shape) == tuple(out_shape) else [Reshape(in_shape, out_shape)]
 
 
-def _arith(node: fx.Node, gm: fx.GraphModule, in_shape: tuple) -> Op:
+def _arith(node: fx.Node, gm: nn.Module, in_shape: tuple, build: Build) -> Op:
     """``x op c`` or ``c op x`` with a Python number ``c``."""
     if len(node.args) != 2 or node.kwargs:
         raise unsupported(node, gm)
@@ -199,10 +241,12 @@ def _arith(node: fx.Node, gm: fx.GraphModule, in_shape: tuple) -> Op:
         scale, shift = 1.0 / c, 0.0
     else:
         raise unsupported(node, gm, "division by the input is not piecewise linear")
-    return Affine(torch.tensor(scale), torch.tensor(shift), in_shape)
+    return Affine(build.constant(scale), build.constant(shift), in_shape, live=build.live)
 
 
-def _convert_module(node: fx.Node, gm: fx.GraphModule, mod: nn.Module, in_shape: tuple, out_shape: tuple) -> list[Op]:
+def _convert_module(
+    node: fx.Node, gm: nn.Module, mod: nn.Module, in_shape: tuple, out_shape: tuple, build: Build
+) -> list[Op]:
     if isinstance(mod, _IDENTITY_MODULES):
         return []
     if isinstance(mod, nn.ReLU):
@@ -212,7 +256,7 @@ def _convert_module(node: fx.Node, gm: fx.GraphModule, mod: nn.Module, in_shape:
     if isinstance(mod, nn.Linear):
         if len(in_shape) != 1:
             raise unsupported(node, gm, f"Linear on non-flat per-sample input {in_shape}")
-        return [Linear(mod.weight, mod.bias)]
+        return [Linear(mod.weight, mod.bias, live=build.live)]
     if isinstance(mod, nn.Conv2d):
         if mod.padding_mode != "zeros":
             raise unsupported(node, gm, f"padding_mode={mod.padding_mode!r} (only 'zeros')")
@@ -225,7 +269,10 @@ def _convert_module(node: fx.Node, gm: fx.GraphModule, mod: nn.Module, in_shape:
                 if any(t % 2 for t in total):
                     raise unsupported(node, gm, "asymmetric 'same' padding")
                 padding = (total[0] // 2, total[1] // 2)
-        op = Conv2d(mod.weight, mod.bias, in_shape, _pair(mod.stride), _pair(padding), _pair(mod.dilation), mod.groups)
+        op = Conv2d(
+            mod.weight, mod.bias, in_shape, _pair(mod.stride), _pair(padding), _pair(mod.dilation), mod.groups,
+            live=build.live,
+        )  # fmt: skip
         if op.out_shape != tuple(out_shape):
             raise unsupported(node, gm, "output shape mismatch")
         return [op]
@@ -234,8 +281,10 @@ def _convert_module(node: fx.Node, gm: fx.GraphModule, mod: nn.Module, in_shape:
         return [_maxpool(node, gm, in_shape, out_shape, a)]
     if isinstance(mod, nn.AvgPool2d):
         a = {k: getattr(mod, k) for k in ("kernel_size", "stride", "padding", "count_include_pad", "divisor_override")}
-        return [_avgpool(node, gm, in_shape, out_shape, a)]
+        return [_avgpool(node, gm, in_shape, out_shape, a, build)]
     if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if build.live:
+            raise unsupported(node, gm, "certified training does not support BatchNorm (batch statistics in training)")
         if mod.running_mean is None or mod.running_var is None:
             raise unsupported(node, gm, "BatchNorm without running statistics uses batch statistics in eval mode")
         inv = 1.0 / torch.sqrt(mod.running_var.detach().to(DTYPE) + mod.eps)

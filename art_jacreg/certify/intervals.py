@@ -16,6 +16,10 @@ The interval step and the linear relaxation are the operations' own rules (:meth
 :meth:`~.ops.base.Op.relax_backward`, e.g. :func:`~.ops.relu.relu_relaxation`); this module only iterates.
 :func:`backward_lower` is the shared engine: the lower bound of ``A · h_end`` given bounds on the earlier layers;
 rows of convolutional prefixes go through :mod:`.patches` instead (same numbers, less arithmetic).
+
+Certified training calls :func:`interval_bounds` and :func:`backward_lower` on a live network
+(:class:`~art_jacreg.certify.network.LiveNetwork`) with training norm estimates as segment bounds: the same rules,
+differentiable in the weights (IBP and CROWN-IBP margins).
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
-from art_jacreg.certify._common import InputSet, box_deviation
-from art_jacreg.certify.lipschitz import segment_lipschitz
-from art_jacreg.certify.network import PiecewiseLinearNetwork
+from art_jacreg.certify._common import InputSet, box_deviation, check_network
+from art_jacreg.certify.lipschitz import SegmentBound, sound_segments
+from art_jacreg.certify.network import OpChain, PiecewiseLinearNetwork
 from art_jacreg.certify.ops.base import Op, weighted_sum
 from art_jacreg.certify.ops.maxpool import maxpool_windows  # noqa: F401 - importable from here, as before
 from art_jacreg.certify.ops.relu import relu_relaxation  # noqa: F401 - importable from here, as before
@@ -44,10 +48,12 @@ class Bounds:
 
     :param lower: Lower bounds, one per layer boundary.
     :param upper: Upper bounds, one per layer boundary.
+    :param centre: The values ``h_i(x)`` at the centre of the input set, when computed (:func:`interval_bounds`).
     """
 
     lower: list[torch.Tensor]
     upper: list[torch.Tensor]
+    centre: list[torch.Tensor] | None = None
 
 
 def _ibp_step(op: Op, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +61,7 @@ def _ibp_step(op: Op, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor,
     return op.interval(lo, hi)
 
 
-def interval_bounds(net: PiecewiseLinearNetwork, s: InputSet) -> Bounds:
+def interval_bounds(net: OpChain, s: InputSet, segment: SegmentBound | None = None, tighten: bool = True) -> Bounds:
     """Interval bound propagation over the input set, intersected with Lipschitz deviation bounds.
 
     Besides the interval image of each operation (IBP), every value is kept within ``h_i(x) ± delta_a rho_i``:
@@ -68,29 +74,38 @@ def interval_bounds(net: PiecewiseLinearNetwork, s: InputSet) -> Bounds:
     (:func:`~art_jacreg.certify.lipschitz.segment_lipschitz`) and the box the interval just computed. For ``p = 2``
     this is what keeps bounds on deep layers from blowing up the way plain IBP does (IBP turns the ball into a box).
 
-    :param net: The network.
+    :param net: The network (a live one for certified training).
     :param s: The input set.
-    :return: Bounds on every ``h_i``.
+    :param segment: Segment Lipschitz bounds (default :func:`~art_jacreg.certify.lipschitz.sound_segments`; training
+        passes its norm estimates).
+    :param tighten: Intersect with the deviation bounds (``False``: plain IBP).
+    :return: Bounds on every ``h_i``, with the centres ``h_i(x)``.
     """
+    if segment is None:
+        segment = sound_segments(check_network(net))
     lo, hi = s.lo, s.hi
     lows, ups = [lo], [hi]
     centre = s.x  # h_i(x), the image of the centre
+    cents = [centre]
     delta, anchor = s.deviation(s.norm), 0
-    rho, elementwise = torch.ones(net.input_shape, dtype=s.x.dtype), True
+    rho, elementwise = torch.ones(net.input_shape, dtype=s.x.dtype, device=s.x.device), True
     for i, op in enumerate(net.ops):
         lo, hi = op.interval(lo, hi)
         centre = op.forward(centre)
-        if op.affine:  # still inside the affine block that started at `anchor`
+        if not tighten:
+            pass
+        elif op.affine:  # still inside the affine block that started at `anchor`
             rho, elementwise = op.deviation_rows(rho, elementwise, s.norm)
             e = delta.reshape(-1, *([1] * rho.ndim)) * rho
             lo, hi = torch.maximum(lo, centre - e), torch.minimum(hi, centre + e)
         else:  # the block ends: carry the deviation over to the output of this operation
             box = box_deviation(centre, lo, hi, s.norm)
-            delta = torch.minimum(delta * segment_lipschitz(net, anchor, i + 1, s.norm), box)
-            anchor, rho, elementwise = i + 1, torch.ones(op.out_shape, dtype=s.x.dtype), True
+            delta = torch.minimum(delta * segment(anchor, i + 1, s.norm), box)
+            anchor, rho, elementwise = i + 1, torch.ones(op.out_shape, dtype=s.x.dtype, device=s.x.device), True
         lows.append(lo)
         ups.append(hi)
-    return Bounds(lows, ups)
+        cents.append(centre)
+    return Bounds(lows, ups, cents)
 
 
 def _concretize(a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -99,7 +114,7 @@ def _concretize(a: torch.Tensor, const: torch.Tensor, lo: torch.Tensor, hi: torc
 
 
 def backward_lower(
-    net: PiecewiseLinearNetwork,
+    net: OpChain,
     s: InputSet,
     bounds: Bounds,
     a: torch.Tensor,
@@ -117,7 +132,7 @@ def backward_lower(
         the interval ``bounds`` at ``h_start``.
     :return: Lower bounds ``(B, M)``.
     """
-    const = torch.zeros(a.shape[:2], dtype=a.dtype)
+    const = torch.zeros(a.shape[:2], dtype=a.dtype, device=a.device)
     for i in range(end - 1, start - 1, -1):
         a, const = net.ops[i].relax_backward(a, const, bounds.lower[i], bounds.upper[i])
     if start > 0:

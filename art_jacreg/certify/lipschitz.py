@@ -16,17 +16,24 @@ l-inf: ``inf -> inf`` induced norms (maximum absolute row sum, padding included)
 ``||delta||_2 <= sqrt(d) ||delta||_inf``, whichever is smaller.
 
 Margins use the composed rows of the last affine layers, ``W_y - W_j``, much tighter than ``2 ||W||``.
+
+The engines read segment bounds through a :data:`SegmentBound` ``(start, stop, norm) -> bound``: the sound
+:func:`segment_lipschitz` for certificates (:func:`sound_segments`), or products of the operations' differentiable
+training estimates (:func:`training_segments`, :meth:`~art_jacreg.certify.ops.base.Op.training_norm`) for certified
+training, which are never certificates.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 
-from art_jacreg.certify._common import check_network, validate_norm
+from art_jacreg._validate import validate_norm
+from art_jacreg.certify._common import check_network
 from art_jacreg.certify._dtype import DTYPE
-from art_jacreg.certify.network import PiecewiseLinearNetwork
+from art_jacreg.certify.network import OpChain, PiecewiseLinearNetwork
 from art_jacreg.certify.ops.affine import EXPLICIT_LIMIT, EXPLICIT_MIN_SIDE
 from art_jacreg.certify.ops.base import NORM_SLACK as _SLACK
 
@@ -35,10 +42,45 @@ __all__ = [
     "global_lipschitz_bound",
     "row_lipschitz",
     "segment_lipschitz",
+    "sound_segments",
+    "training_segments",
+    "SegmentBound",
     "tail_start",
     "EXPLICIT_LIMIT",
     "EXPLICIT_MIN_SIDE",
 ]
+
+
+#: ``(start, stop, norm) -> upper bound (or training estimate) of the Lipschitz constant of h_start -> h_stop``.
+SegmentBound = Callable[[int, int, float], "float | torch.Tensor"]
+
+
+def sound_segments(net: PiecewiseLinearNetwork) -> SegmentBound:
+    """The sound segment bounds of ``net`` (:func:`segment_lipschitz`, cached in the network).
+
+    :param net: The network.
+    :return: The :data:`SegmentBound`.
+    """
+    return lambda start, stop, norm: segment_lipschitz(net, start, stop, norm)
+
+
+def training_segments(norms: Sequence[float | torch.Tensor], norm: float) -> SegmentBound:
+    """Segment estimates for certified training: products of per-operation training norms (differentiable).
+
+    :param norms: One estimate per operation (:meth:`~art_jacreg.certify.ops.base.Op.training_norm`) for ``norm``.
+    :param norm: The norm they were computed for.
+    :return: The :data:`SegmentBound` (``1`` for an empty segment); it refuses another norm.
+    """
+
+    def segment(start: int, stop: int, p: float) -> float | torch.Tensor:
+        if p != norm:
+            raise ValueError(f"training norms were computed for norm={norm}, not {p}")
+        total: float | torch.Tensor = 1.0
+        for value in norms[start:stop]:
+            total = total * value
+        return total
+
+    return segment
 
 
 def layer_operator_norms(net: PiecewiseLinearNetwork, norm: float | str = 2) -> list[float]:
@@ -96,7 +138,7 @@ def segment_lipschitz(net: PiecewiseLinearNetwork, start: int, stop: int, norm: 
     return cache[key]
 
 
-def tail_start(net: PiecewiseLinearNetwork) -> int:
+def tail_start(net: OpChain) -> int:
     """Index of the first operation of the final affine block (after the last ReLU/MaxPool).
 
     :param net: The network.
@@ -106,7 +148,7 @@ def tail_start(net: PiecewiseLinearNetwork) -> int:
     return idx[-1] + 1 if idx else 0
 
 
-def tail_rows(net: PiecewiseLinearNetwork, rows: torch.Tensor) -> torch.Tensor:
+def tail_rows(net: OpChain, rows: torch.Tensor) -> torch.Tensor:
     """Pull output rows back through the final affine block: ``rows @ T`` on ``h_t``.
 
     :param net: The network.
@@ -119,21 +161,24 @@ def tail_rows(net: PiecewiseLinearNetwork, rows: torch.Tensor) -> torch.Tensor:
     return a
 
 
-def row_lipschitz(net: PiecewiseLinearNetwork, rows: torch.Tensor, norm: float) -> torch.Tensor:
+def row_lipschitz(net: OpChain, rows: torch.Tensor, norm: float, segment: SegmentBound | None = None) -> torch.Tensor:
     """Global Lipschitz constants of ``x -> row · f(x)`` w.r.t. ``||x||_p`` (dual-norm gradient bounds).
 
     :param net: The network.
     :param rows: ``(B, M, K)`` output functionals (e.g. margin rows ``e_y - e_j``).
     :param norm: ``2`` or ``inf``.
+    :param segment: Segment bounds (default :func:`sound_segments`; training estimates give an estimate).
     :return: ``(B, M)`` upper bounds on ``sup_x ||grad_x (row · f)(x)||_{p*}``.
     """
+    if segment is None:
+        segment = sound_segments(check_network(net))
     t = tail_start(net)
     a = tail_rows(net, rows).flatten(2)
-    lip2 = a.norm(dim=-1) * segment_lipschitz(net, 0, t, 2.0)
     if norm == 2:
-        return lip2
+        return a.norm(dim=-1) * segment(0, t, 2.0)
+    lip2 = a.norm(dim=-1) * segment(0, t, 2.0)
     d = math.prod(net.input_shape)
-    return torch.minimum(a.abs().sum(-1) * segment_lipschitz(net, 0, t, math.inf), lip2 * math.sqrt(d) * _SLACK)
+    return torch.minimum(a.abs().sum(-1) * segment(0, t, math.inf), lip2 * math.sqrt(d) * _SLACK)
 
 
 def global_lipschitz_bound(net: PiecewiseLinearNetwork, norm: float | str = 2) -> float:

@@ -17,6 +17,10 @@ Two refinements use the intervals at every layer boundary (:func:`pull_back`), n
 the sign cancellations that intervals lose through layers with many undecided ReLUs (docs: theory page).
 
 Everything is batched: samples and rows travel together through batched convolutions, no Python loop over samples.
+
+Certified training runs :func:`local_deviation_lower` on a live network with training norm estimates as segment
+bounds, depth-limited (``stop``: the rows are pulled back only down to a layer boundary, the layers below bounded by
+their norms), differentiable in the weights.
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from art_jacreg.certify._common import InputSet
+from art_jacreg.certify._common import InputSet, check_network
 from art_jacreg.certify.intervals import Bounds
-from art_jacreg.certify.lipschitz import segment_lipschitz
-from art_jacreg.certify.network import PiecewiseLinearNetwork
+from art_jacreg.certify.lipschitz import SegmentBound, sound_segments
+from art_jacreg.certify.network import OpChain
 from art_jacreg.certify.ops.base import dual_norm as _dual
 
 __all__ = [
@@ -45,27 +49,26 @@ __all__ = [
 
 
 def pull_back(
-    net: PiecewiseLinearNetwork, bounds: Bounds, rows: torch.Tensor
+    net: OpChain, bounds: Bounds, rows: torch.Tensor, stop: int = 0
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Pull output rows back through the network, yielding the interval Jacobian of ``h_i -> rows · f`` at every
-    layer boundary ``i = n, n - 1, ..., 0``.
+    layer boundary ``i = n, n - 1, ..., stop``.
 
     :param net: The network.
     :param bounds: Bounds on every ``h_i`` over the input set.
     :param rows: Output functionals ``(B or 1, M, K)``.
+    :param stop: The last boundary reached (``0``: the input).
     :return: An iterator of ``(i, centre, radius)``, each interval ``(B or 1, M, *shape_i)``: ``rows · J_i(x')`` lies
         in ``centre ± radius`` for every ``x'`` of the set, ``J_i`` the Jacobian of ``f`` with respect to ``h_i``.
     """
     c, r = rows, torch.zeros_like(rows)
     yield len(net.ops), c, r
-    for i in range(len(net.ops) - 1, -1, -1):
+    for i in range(len(net.ops) - 1, stop - 1, -1):
         c, r = net.ops[i].pull_back_interval(c, r, bounds.lower[i], bounds.upper[i])
         yield i, c, r
 
 
-def jacobian_interval(
-    net: PiecewiseLinearNetwork, bounds: Bounds, rows: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def jacobian_interval(net: OpChain, bounds: Bounds, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Interval ``centre ± radius`` containing ``rows · J(x')`` for every ``x'`` of the set the bounds hold on.
 
     :param net: The network.
@@ -78,10 +81,11 @@ def jacobian_interval(
 
 
 def split_bound(
-    net: PiecewiseLinearNetwork,
+    net: OpChain,
     bounds: Bounds,
     rows: torch.Tensor,
     reduce: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+    stop: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The smallest over layer boundaries ``i`` of ``reduce(centre_i, radius_i, i)``, and the input interval.
 
@@ -95,11 +99,12 @@ def split_bound(
     :param rows: Output functionals ``(B or 1, M, K)``.
     :param reduce: ``(centre_i, radius_i, i) -> bound`` for the split at boundary ``i``, any shape broadcasting
         across boundaries.
-    :return: ``(centre, radius, best)``: the interval Jacobian on the input (as :func:`jacobian_interval`) and the
-        element-wise smallest bound.
+    :param stop: The last boundary reached (``0``: the input).
+    :return: ``(centre, radius, best)``: the interval Jacobian on boundary ``stop`` (on the input, as
+        :func:`jacobian_interval`, for ``stop = 0``) and the element-wise smallest bound.
     """
     best = None
-    for i, c, r in pull_back(net, bounds, rows):
+    for i, c, r in pull_back(net, bounds, rows, stop):
         value = reduce(c, r, i)
         best = value if best is None else torch.minimum(best, value)
     assert best is not None  # pull_back always yields the output boundary
@@ -107,7 +112,13 @@ def split_bound(
 
 
 def _ball_step(
-    net: PiecewiseLinearNetwork, i: int, bounds: Bounds, c: torch.Tensor, rho: torch.Tensor, norm: float
+    net: OpChain,
+    i: int,
+    bounds: Bounds,
+    c: torch.Tensor,
+    rho: torch.Tensor,
+    norm: float,
+    segment: SegmentBound | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pull ``{g : ||g - c||_{p*} <= rho}`` back through operation ``i`` (a set containing every row pulled back):
     the operation's :meth:`~.ops.base.Op.ball_step` with its own Lipschitz bound.
@@ -115,18 +126,20 @@ def _ball_step(
     Affine: ``c A``, ``rho ||A||`` (``||A^T||_{p* -> p*} = ||A||_{p -> p}``). ReLU: the slope of an unstable unit is
     ``1/2 ± 1/2``, so ``c`` takes the midpoint slopes and ``rho`` grows by ``||c_unstable||_{p*} / 2``. MaxPool: a
     dominated window routes ``c`` to its maximum; the others, of unknown routing, move into the ball through the
-    pooling's Lipschitz constant, which also scales ``rho``.
+    pooling's Lipschitz constant, which also scales ``rho``. ``segment`` defaults to the sound bounds.
     """
-    lip = segment_lipschitz(net, i, i + 1, norm)
+    lip = (sound_segments(check_network(net)) if segment is None else segment)(i, i + 1, norm)
     return net.ops[i].ball_step(c, rho, bounds.lower[i], bounds.upper[i], norm, lip)
 
 
 def local_deviation_lower(
-    net: PiecewiseLinearNetwork,
+    net: OpChain,
     bounds: Bounds,
     rows: torch.Tensor,
     s: InputSet,
     spawn: set[int] | None = None,
+    segment: SegmentBound | None = None,
+    stop: int = 0,
 ) -> torch.Tensor:
     """Lower bound on ``rows · (f(x') - f(x))`` over the set from local Jacobian information; three families.
 
@@ -138,6 +151,10 @@ def local_deviation_lower(
       is ``min_{x'} c · (x' - x) - rho ||x' - x||_p``.
     * The full interval Jacobian on the input with the box (:func:`mean_value_lower`).
 
+    With ``stop > 0`` the rows go down to boundary ``stop`` only: the split is taken at the boundaries ``>= stop``,
+    each ball is finished there by the prefix bound, ``-(||c||_{p*} + rho) L_stop ||x' - x||_p``, and the third
+    family is left out.
+
     :param net: The network.
     :param bounds: Bounds on every ``h_i`` over the input set ``s``.
     :param rows: Output functionals ``(B or 1, M, K)``.
@@ -145,31 +162,40 @@ def local_deviation_lower(
     :param spawn: Boundaries where a centre-and-ball candidate starts. Default for ``p = 2``: the output and the input
         of every ReLU/MaxPool (on the MNIST CNNs, starting also at their outputs never gave a better bound); for
         ``p = inf`` none (the l1 balls grow with the ``inf -> inf`` norms and never beat the interval there).
-    :return: ``(B, M)`` lower bounds, the largest of the three families.
+    :param segment: Segment Lipschitz bounds (default: the sound ones; certified training passes its estimates).
+    :param stop: The boundary the rows are pulled back to (``0``: the input).
+    :return: ``(B, M)`` lower bounds, the largest of the families.
     """
     n = len(net.ops)
     if spawn is not None and not set(spawn) <= set(range(n + 1)):
         raise ValueError(f"`spawn` must hold layer boundaries in 0..{n}, got {sorted(spawn)!r}.")
+    if not (isinstance(stop, int) and 0 <= stop <= n):
+        raise ValueError(f"`stop` must be a layer boundary in 0..{n}, got {stop!r}.")
     if spawn is None:
         spawn = {n} | {i for i, op in enumerate(net.ops) if not op.affine} if s.norm == 2 else set()
+    seg = sound_segments(check_network(net)) if segment is None else segment
     dev2, dev_p = s.deviation(2.0)[:, None], s.deviation(s.norm)[:, None]
     seeds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def split_deviation(c: torch.Tensor, r: torch.Tensor, i: int) -> torch.Tensor:
-        if i in spawn and i > 0:  # remember the interval where a centre-and-ball candidate starts
+        if i in spawn and i > stop:  # remember the interval where a centre-and-ball candidate starts
             seeds[i] = (c, _dual(r, s.norm))
-        bound = gradient_dual_norm(c, r, 2.0) * segment_lipschitz(net, 0, i, 2.0) * dev2
-        if s.norm == math.inf:
-            split_inf = gradient_dual_norm(c, r, math.inf) * segment_lipschitz(net, 0, i, math.inf) * dev_p
-            bound = torch.minimum(bound, split_inf)
-        return bound
+        if s.norm == 2:
+            return gradient_dual_norm(c, r, 2.0) * seg(0, i, 2.0) * dev2
+        split_2 = gradient_dual_norm(c, r, 2.0) * seg(0, i, 2.0) * dev2
+        split_inf = gradient_dual_norm(c, r, math.inf) * seg(0, i, math.inf) * dev_p
+        return torch.minimum(split_2, split_inf)
 
-    centre, radius, split = split_bound(net, bounds, rows, split_deviation)
-    best = torch.maximum(-split, mean_value_lower(centre, radius, s))
+    centre, radius, split = split_bound(net, bounds, rows, split_deviation, stop)
+    best = -split if stop > 0 else torch.maximum(-split, mean_value_lower(centre, radius, s))
     for k, (c, rho) in seeds.items():
-        for i in range(k - 1, -1, -1):
-            c, rho = _ball_step(net, i, bounds, c, rho, s.norm)
-        best = torch.maximum(best, mean_value_lower(c, torch.zeros_like(c), s) - rho * dev_p)
+        for i in range(k - 1, stop - 1, -1):
+            c, rho = _ball_step(net, i, bounds, c, rho, s.norm, seg)
+        if stop > 0:  # finish with the prefix: |g · (h_stop(x') - h_stop(x))| <= ||g||_{p*} L_stop ||x' - x||_p
+            ball = -(_dual(c, s.norm) + rho) * seg(0, stop, s.norm) * dev_p
+        else:
+            ball = mean_value_lower(c, torch.zeros_like(c), s) - rho * dev_p
+        best = torch.maximum(best, ball)
     return best
 
 

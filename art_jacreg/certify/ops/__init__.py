@@ -5,7 +5,10 @@ Every operation owns its rules (see :mod:`art_jacreg.certify.ops.base`; the affi
 (dense rows and, for convolutional prefixes, patches), Jacobian pull-back, centre-and-ball step, operator-norm
 bound. Affine operations (:class:`Affine`, :class:`Linear`, :class:`Conv2d`, :class:`Reshape`) derive all of them
 from ``lin(x) + offset``, its adjoint and the entry-wise absolute value and square of its matrix; the
-piecewise-linear ones are :class:`ReLU` and :class:`MaxPool2d`. Parameters are stored in float64.
+piecewise-linear ones are :class:`ReLU` and :class:`MaxPool2d`. Operations are built frozen (float64 copies of the
+parameters, for the certifiers) or live (``live=True``: the model's own parameters, so that the same rules serve
+certified training, differentiably); each also owns a differentiable training estimate of its operator norm
+(:meth:`~.base.Op.training_norm`).
 
 A new operation is one class in one file here (plus its conversion in :mod:`art_jacreg.certify.convert` and its
 tests); the engines need no change.

@@ -10,7 +10,7 @@ import math
 import torch
 
 from art_jacreg.certify._dtype import DTYPE
-from art_jacreg.certify.ops.base import NORM_SLACK, Op, Tensors
+from art_jacreg.certify.ops.base import NORM_SLACK, Op, Scalar, Tensors
 from art_jacreg.certify.ops.patch_geometry import PatchGeometry
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class AffineOp(Op):
         return self.rows_t(c), r
 
     def ball_step(  # noqa: D102
-        self, c: torch.Tensor, rho: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, norm: float, lip: float
+        self, c: torch.Tensor, rho: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, norm: float, lip: Scalar
     ) -> Tensors:
         return self.rows_t(c), rho * lip  # ||A^T||_{p* -> p*} = ||A||_{p -> p}
 
@@ -178,6 +178,32 @@ class AffineOp(Op):
         """
         s = torch.ones(self.in_shape, dtype=DTYPE) if in_scale is None else in_scale.abs()
         return float(self.abs_lin(s[None]).max()) * NORM_SLACK
+
+    def power_start(self, generator: torch.Generator) -> torch.Tensor | None:  # noqa: D102
+        if not self.mixes:
+            return None
+        start = torch.randn((1, *self.in_shape), generator=generator, dtype=self.offset.dtype)
+        return start.to(self.offset.device)
+
+    def training_norm(  # noqa: D102
+        self, norm: float, vector: torch.Tensor | None, n_iter: int
+    ) -> tuple[torch.Tensor | float, torch.Tensor | None]:
+        # A mixing map: l2 by power iteration on A^T A from the persistent vector (updated without gradient), then
+        # ||A u|| (differentiable, a lower estimate converging to the largest singular value); l-inf exactly, as the
+        # maximum absolute row sum |A| 1.
+        if not self.mixes:
+            return super().training_norm(norm, vector, n_iter)
+        if norm == 2:
+            if vector is None:
+                raise ValueError(f"the l2 training norm of {self!r} needs a power-iteration vector (power_start)")
+            u = vector.to(self.offset.device, self.offset.dtype)  # follows the model to another device
+            with torch.no_grad():
+                for _ in range(n_iter):
+                    u = self.lin_t(self.lin(u))
+                    u = u / u.norm().clamp(min=1e-30)
+            return self.lin(u).norm(), u
+        ones = torch.ones((1, *self.in_shape), dtype=self.offset.dtype, device=self.offset.device)
+        return self.abs_lin(ones).max(), vector
 
     def mixing_norm(self, norm: float, in_scale: torch.Tensor | None) -> float:
         """:meth:`spectral_upper` for ``norm = 2``, :meth:`inf_norm` otherwise (the rule of Linear and Conv2d)."""

@@ -9,7 +9,13 @@ one rule per engine of :mod:`art_jacreg.certify`; the engines iterate over a net
 * :meth:`Op.pull_back_interval` -- pulls an interval of Jacobian rows back through it (Fast-Lip);
 * :meth:`Op.ball_step` -- pulls a centre plus a dual-norm ball of rows back through it;
 * :meth:`Op.operator_norm` -- an upper bound on its operator norm (its Lipschitz constant);
-* :meth:`~.affine.AffineOp.deviation_rows` -- the row norms of an affine block, for deviation bounds.
+* :meth:`~.affine.AffineOp.deviation_rows` -- the row norms of an affine block, for deviation bounds;
+* :meth:`Op.training_norm` -- a differentiable estimate of its operator norm for certified training (power
+  iteration from a persistent vector, :meth:`Op.power_start`), never a certificate.
+
+An operation is built *frozen* (the default: float64 copies of the parameters, for sound certificates) or *live*
+(``live=True``: the model's own parameter tensors in their dtype and device, nothing detached, so every rule is
+differentiable in the weights and serves certified training).
 
 Rules of an affine operation (:class:`~.affine.AffineOp`, ``x -> lin(x) + offset``) are written once in
 :mod:`~art_jacreg.certify.ops.affine` from its linear map, its adjoint and the entry-wise absolute value and square
@@ -27,6 +33,7 @@ from art_jacreg.certify.ops.patch_geometry import Pair, PatchGeometry
 __all__ = ["Op", "PiecewiseOp", "weighted_sum", "dual_norm"]
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
+Scalar = float | torch.Tensor  # a norm: a float bound, or a differentiable training estimate
 NORM_SLACK = 1.0 + 1e-9  # relative inflation of computed operator norms (rounding)
 
 
@@ -70,6 +77,7 @@ class Op:
     affine: bool = False
     mixes: bool = False
     absorbs_input_scale: bool = False
+    live: bool = False  # built on the model's own parameters (differentiable), not on float64 copies
 
     def __init__(self, in_shape: Shape, out_shape: Shape) -> None:
         self.in_shape = tuple(int(s) for s in in_shape)
@@ -155,7 +163,7 @@ class Op:
         raise NotImplementedError
 
     def ball_step(
-        self, c: torch.Tensor, rho: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, norm: float, lip: float
+        self, c: torch.Tensor, rho: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, norm: float, lip: Scalar
     ) -> Tensors:
         """Pull ``{g : ||g - c||_{p*} <= rho}`` back through the operation (a set containing every row pulled back).
 
@@ -164,7 +172,7 @@ class Op:
         :param lower: Lower bounds of the input.
         :param upper: Upper bounds.
         :param norm: ``2`` or ``inf`` (``p``).
-        :param lip: :meth:`operator_norm` of the operation for ``norm``.
+        :param lip: :meth:`operator_norm` of the operation for ``norm`` (a training estimate, a tensor, in training).
         :return: ``(c', rho')``.
         """
         raise NotImplementedError
@@ -195,6 +203,29 @@ class Op:
         :return: The bound.
         """
         return 1.0
+
+    def power_start(self, generator: torch.Generator) -> torch.Tensor | None:
+        """Start vector of the power iteration of :meth:`training_norm` (``None``: the estimate needs none).
+
+        :param generator: Random generator of the start vector.
+        :return: A vector ``(1, *in_shape)`` or ``None``.
+        """
+        return None
+
+    def training_norm(
+        self, norm: float, vector: torch.Tensor | None, n_iter: int
+    ) -> tuple[torch.Tensor | float, torch.Tensor | None]:
+        """Operator-norm estimate for certified training, differentiable in the parameters of a live operation.
+
+        A training estimate, never a certificate (power iteration approaches the spectral norm from below). By
+        default the constant :meth:`operator_norm`.
+
+        :param norm: ``2`` or ``inf``.
+        :param vector: The persistent power-iteration vector (from :meth:`power_start` or the previous call).
+        :param n_iter: Power-iteration steps this call.
+        :return: ``(estimate, vector)``: a scalar tensor or a float, and the updated vector (detached).
+        """
+        return self.operator_norm(norm), vector
 
     def then_elementwise(self, scale: torch.Tensor, shift: torch.Tensor) -> Op | None:
         """One operation equal to this one followed by ``y -> y * scale + shift``, when it exists.

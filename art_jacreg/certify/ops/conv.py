@@ -28,6 +28,7 @@ class Conv2d(AffineOp):
     :param padding: ``(ph, pw)``.
     :param dilation: ``(dh, dw)``.
     :param groups: Number of groups.
+    :param live: Use ``weight`` and ``bias`` themselves (dtype, device, gradient) instead of float64 copies.
     """
 
     mixes = True
@@ -43,17 +44,34 @@ class Conv2d(AffineOp):
         padding: tuple[int, int],
         dilation: tuple[int, int],
         groups: int,
+        live: bool = False,
     ) -> None:
-        weight = weight.detach().to(DTYPE).clone()
-        self.weight, self.abs_weight = weight, weight.abs()
+        if not live:
+            weight = weight.detach().to(DTYPE).clone()
+            bias = None if bias is None else bias.detach().to(DTYPE)
+        self.live = live
+        self.weight, self._abs_weight = weight, None if live else weight.abs()
         self.stride: Pair = (int(stride[0]), int(stride[1]))
         self.padding: Pair = (int(padding[0]), int(padding[1]))
         self.dilation: Pair = (int(dilation[0]), int(dilation[1]))
         self.groups = groups
-        out = self._conv(torch.zeros((1, *in_shape), dtype=DTYPE), weight)
-        super().__init__(in_shape, out.shape[1:])
-        b = torch.zeros(weight.shape[0], dtype=DTYPE) if bias is None else bias.detach().to(DTYPE)
-        self._offset = b.reshape(-1, 1, 1).expand(self.out_shape).clone()
+        if live:  # shapes were checked when the plan was traced: the output size by formula (a probe costs a conv)
+            size = [
+                (n + 2 * p - d * (k - 1) - 1) // s + 1
+                for n, p, d, k, s in zip(in_shape[1:], self.padding, self.dilation, weight.shape[2:], self.stride)
+            ]
+            super().__init__(in_shape, (weight.shape[0], *size))
+        else:
+            out = self._conv(torch.zeros((1, *in_shape), dtype=weight.dtype, device=weight.device), weight)
+            super().__init__(in_shape, out.shape[1:])
+        b = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device) if bias is None else bias
+        offset = b.reshape(-1, 1, 1).expand(self.out_shape)
+        self._offset = offset if live else offset.clone()
+
+    @property
+    def abs_weight(self) -> torch.Tensor:
+        """``|W|``: computed once for a frozen operation, at every use for a live one (its gradient follows)."""
+        return self.weight.abs() if self._abs_weight is None else self._abs_weight
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
@@ -160,4 +178,5 @@ class Conv2d(AffineOp):
             self.padding,
             self.dilation,
             self.groups,
+            live=self.live,
         )

@@ -21,13 +21,20 @@ class Affine(AffineOp):
     :param scale: Tensor broadcastable to ``shape``.
     :param shift: Tensor broadcastable to ``shape``.
     :param shape: Per-sample shape (input and output).
+    :param live: Use ``scale`` and ``shift`` (tensors) in their dtype and device, with their gradient, instead of
+        float64 copies.
     """
 
-    def __init__(self, scale: torch.Tensor, shift: torch.Tensor, shape: Shape) -> None:
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor, shape: Shape, live: bool = False) -> None:
         super().__init__(shape, shape)
-        self.scale = torch.broadcast_to(torch.as_tensor(scale, dtype=DTYPE), self.in_shape).clone()
+        self.live = live
+        if live:
+            self.scale = torch.broadcast_to(scale, self.in_shape)
+            self._offset = torch.broadcast_to(shift, self.in_shape)
+        else:
+            self.scale = torch.broadcast_to(torch.as_tensor(scale, dtype=DTYPE), self.in_shape).clone()
+            self._offset = torch.broadcast_to(torch.as_tensor(shift, dtype=DTYPE), self.in_shape).clone()
         self.abs_scale = self.scale.abs()
-        self._offset = torch.broadcast_to(torch.as_tensor(shift, dtype=DTYPE), self.in_shape).clone()
 
     @property
     def elementwise_scale(self) -> torch.Tensor:  # noqa: D102
@@ -51,6 +58,11 @@ class Affine(AffineOp):
     def operator_norm(self, norm: float, in_scale: torch.Tensor | None = None) -> float:  # noqa: D102
         return float(self.abs_scale.max()) * NORM_SLACK
 
+    def training_norm(  # noqa: D102
+        self, norm: float, vector: torch.Tensor | None, n_iter: int
+    ) -> tuple[torch.Tensor | float, torch.Tensor | None]:
+        return self.abs_scale.max(), vector  # exact for both norms (a diagonal map), differentiable
+
     def supports_patches(self) -> bool:  # noqa: D102
         return True
 
@@ -61,7 +73,7 @@ class Affine(AffineOp):
         return a * geometry.gather(self.scale.expand(self.in_shape)), const, geometry
 
     def then_elementwise(self, scale: torch.Tensor, shift: torch.Tensor) -> Affine:  # noqa: D102
-        return Affine(self.scale * scale, self.offset * scale + shift, self.in_shape)
+        return Affine(self.scale * scale, self.offset * scale + shift, self.in_shape, live=self.live)
 
     def folded_into(self, prev: Op) -> Op | None:  # noqa: D102
         return prev.then_elementwise(self.scale, self.offset)

@@ -18,16 +18,25 @@ class Linear(AffineOp):
 
     :param weight: ``(out, in)``.
     :param bias: ``(out,)`` or ``None``.
+    :param live: Use ``weight`` and ``bias`` themselves (dtype, device, gradient) instead of float64 copies.
     """
 
     mixes = True
     absorbs_input_scale = True
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        weight = weight.detach().to(DTYPE).clone()
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, live: bool = False) -> None:
+        if not live:
+            weight = weight.detach().to(DTYPE).clone()
+            bias = None if bias is None else bias.detach().to(DTYPE).clone()
         super().__init__((weight.shape[1],), (weight.shape[0],))
-        self.weight, self.abs_weight = weight, weight.abs()
-        self._offset = torch.zeros(weight.shape[0], dtype=DTYPE) if bias is None else bias.detach().to(DTYPE).clone()
+        self.live = live
+        self.weight, self._abs_weight = weight, None if live else weight.abs()
+        self._offset = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device) if bias is None else bias
+
+    @property
+    def abs_weight(self) -> torch.Tensor:
+        """``|W|``: computed once for a frozen operation, at every use for a live one (its gradient follows)."""
+        return self.weight.abs() if self._abs_weight is None else self._abs_weight
 
     def lin(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return x @ self.weight.T
@@ -51,4 +60,4 @@ class Linear(AffineOp):
         return self.mixing_norm(norm, in_scale)
 
     def then_elementwise(self, scale: torch.Tensor, shift: torch.Tensor) -> Linear:  # noqa: D102
-        return Linear(self.weight * scale[:, None], self.offset * scale + shift)
+        return Linear(self.weight * scale[:, None], self.offset * scale + shift, live=self.live)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from art_jacreg.certify._dtype import DTYPE, Shape
-from art_jacreg.certify.ops.base import NORM_SLACK, PiecewiseOp, Tensors, dual_norm
+from art_jacreg.certify.ops.base import NORM_SLACK, PiecewiseOp, Scalar, Tensors, dual_norm
 from art_jacreg.certify.ops.patch_geometry import Pair, PatchGeometry
 
 __all__ = ["MaxPool2d", "maxpool_windows"]
@@ -91,7 +91,8 @@ class MaxPool2d(PiecewiseOp):
     def _route(self, best: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Rows ``(B, M, C, L)`` sent each to the input ``best`` ``(B, C, L)`` of its window: ``(B, M, *in_shape)``."""
         nb, m, c, n_out = values.shape
-        cols = torch.zeros(nb, m, c, self.kernel_size[0] * self.kernel_size[1], n_out, dtype=values.dtype)
+        k = self.kernel_size[0] * self.kernel_size[1]
+        cols = torch.zeros(nb, m, c, k, n_out, dtype=values.dtype, device=values.device)
         cols.scatter_(3, best[:, None, :, None, :].expand(nb, m, c, 1, n_out), values[:, :, :, None, :])
         return self.fold(cols.reshape(nb * m, c, cols.shape[3], n_out)).reshape(nb, m, *self.in_shape)
 
@@ -126,7 +127,7 @@ class MaxPool2d(PiecewiseOp):
         return fold_lo, fold_hi
 
     def ball_step(  # noqa: D102
-        self, c: torch.Tensor, rho: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, norm: float, lip: float
+        self, c: torch.Tensor, rho: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, norm: float, lip: Scalar
     ) -> Tensors:
         # A dominated window routes the centre to its maximum; the others, of unknown routing, move into the ball
         # through the pooling's Lipschitz constant, which also scales rho.
@@ -160,7 +161,7 @@ class MaxPool2d(PiecewiseOp):
         coef = a - neg + neg * dom
         b, rows, c, ph, pw = a.shape
         k = self.kernel_size[0] * self.kernel_size[1]
-        cols = torch.zeros(b * rows, c, k, ph * pw, dtype=a.dtype)
+        cols = torch.zeros(b * rows, c, k, ph * pw, dtype=a.dtype, device=a.device)
         cols.scatter_(2, best_p.reshape(b * rows, c, 1, ph * pw), coef.reshape(b * rows, c, 1, ph * pw))
         size = self.patch_size((ph, pw))
         a = F.fold(cols.reshape(b * rows, c * k, ph * pw), size, self.kernel_size, self.dilation, 0, self.stride)

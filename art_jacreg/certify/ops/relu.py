@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from art_jacreg.certify._dtype import Shape
-from art_jacreg.certify.ops.base import PiecewiseOp, Tensors, dual_norm, weighted_sum
+from art_jacreg.certify.ops.base import PiecewiseOp, Scalar, Tensors, dual_norm, weighted_sum
 from art_jacreg.certify.ops.patch_geometry import PatchGeometry
 
 __all__ = ["ReLU", "relu_relaxation"]
@@ -84,13 +84,13 @@ class ReLU(PiecewiseOp):
         self, lo: torch.Tensor, hi: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
     ) -> Tensors:
         active, unstable = (lower >= 0)[:, None], ((lower < 0) & (upper > 0))[:, None]
-        zero = torch.zeros((), dtype=lo.dtype)
+        zero = torch.zeros((), dtype=lo.dtype, device=lo.device)
         lo = torch.where(active, lo, torch.where(unstable, lo.clamp(max=0), zero))
         hi = torch.where(active, hi, torch.where(unstable, hi.clamp(min=0), zero))
         return lo, hi
 
     def ball_step(  # noqa: D102
-        self, c: torch.Tensor, rho: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, norm: float, lip: float
+        self, c: torch.Tensor, rho: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, norm: float, lip: Scalar
     ) -> Tensors:
         c = self.rows_for(c, lower)
         active, unstable = (lower >= 0)[:, None], ((lower < 0) & (upper > 0))[:, None]

@@ -37,3 +37,8 @@ class Reshape(AffineOp):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return self.lin(x)
+
+    def relax_backward(  # noqa: D102
+        self, a: torch.Tensor, const: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rows_t(a), const  # no offset (and none in another dtype for a live network)
