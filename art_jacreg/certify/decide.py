@@ -19,8 +19,9 @@ from collections.abc import Callable
 import torch
 
 from art_jacreg.certify._common import InputSet, margin_rows
+from art_jacreg.certify.certificates import relaxation_starts
 from art_jacreg.certify.intervals import Bounds, backward_lower, interval_bounds, linear_bounds
-from art_jacreg.certify.lipschitz import row_lipschitz, segment_lipschitz, tail_start
+from art_jacreg.certify.lipschitz import row_lipschitz, segment_lipschitz
 from art_jacreg.certify.local_jacobian import _ball_step, gradient_dual_norm, mean_value_lower, pull_back
 from art_jacreg.certify.network import PiecewiseLinearNetwork
 from art_jacreg.certify.ops.base import dual_norm
@@ -112,14 +113,9 @@ def _offer_relaxation(net: PiecewiseLinearNetwork, pairs: _Pairs, bounds: Bounds
 
 def _run_families(net: PiecewiseLinearNetwork, pairs: _Pairs, bounds: Bounds, method: str) -> None:
     """Offer every family of one set of candidate bounds (indexed like the pairs) to the pairs still open."""
-    tail = tail_start(net)
-    start = 0 if (pairs.s.norm == math.inf or method == "linear") else tail
-    # where the relaxation goes down to the input, the final affine block alone first: cheap, and on networks
-    # trained with interval bounds often the tighter of the two
-    if start == 0 and tail > 0 and not _offer_relaxation(net, pairs, bounds, tail):
-        return
-    if not _offer_relaxation(net, pairs, bounds, start):
-        return
+    for start in relaxation_starts(net, pairs.s.norm, method):
+        if not _offer_relaxation(net, pairs, bounds, start):
+            return
     if not (pairs.s.norm == 2 or method == "linear"):
         return
     local = pairs.open()
