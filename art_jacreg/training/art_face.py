@@ -56,6 +56,9 @@ class ArtTrainerFace(Trainer):
 
     estimator_requirements: tuple[type, ...] = (PyTorchClassifier,)
     trainer_params: list[str] = []
+    #: Learning-rate schedule of a ``fit`` without a ``scheduler`` (:data:`~.lr_schedule.LR_SCHEDULES`); a trainer
+    #: may expose it as a parameter.
+    lr_schedule: str | None = "constant"
     #: Title of the progress bar and log lines.
     _loop_description = "Training"
     #: Logger of the runs (the trainer module's).
@@ -297,7 +300,7 @@ class ArtTrainerFace(Trainer):
         the learning rate, and the optimizer's learning rates are given back afterwards.
         """
         self.history = []
-        builtin = getattr(self, "lr_schedule", "constant") if scheduler is None else "constant"
+        builtin = (self.lr_schedule or "constant") if scheduler is None else "constant"
         optimizer = preflight.optimizer_of(self._classifier)
         with contextlib.nullcontext() if builtin == "constant" else learning_rates_restored(optimizer):
             if builtin != "constant":
