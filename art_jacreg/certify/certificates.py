@@ -35,8 +35,8 @@ from art_jacreg.certify._common import (
     validate_labels,
 )
 from art_jacreg.certify._dtype import DTYPE
-from art_jacreg.certify.intervals import Bounds, backward_lower, interval_bounds, linear_bounds
-from art_jacreg.certify.lipschitz import global_lipschitz_bound, row_lipschitz, segment_lipschitz, tail_start
+from art_jacreg.certify.intervals import Bounds, backward_lower, interval_bounds, linear_bounds, relaxation_starts
+from art_jacreg.certify.lipschitz import global_lipschitz_bound, row_lipschitz, segment_lipschitz
 from art_jacreg.certify.local_jacobian import (
     l11_norm_bound,
     local_deviation_lower,
@@ -156,29 +156,10 @@ def candidate_bounds(net: PiecewiseLinearNetwork, s: InputSet, method: str) -> l
     return [ibp] if method == "interval" else [ibp, linear_bounds(net, s, ibp)]
 
 
-def relaxation_starts(net: PiecewiseLinearNetwork, norm: float, method: str) -> list[int]:
-    """Where the linear relaxations of the margins stop and concretise, cheapest first.
-
-    Through the whole network to the input (``0``) for ``p = inf`` and for ``"linear"``; through the final affine
-    block only for ``"interval"`` with ``p = 2`` (measured on the MNIST CNNs: relaxing further never raised an l2
-    radius and cost 30 % more time). Where it relaxes to the input, the final affine block alone is tried first: on
-    networks trained with interval bounds it is often the tighter of the two.
-
-    :param net: The network.
-    :param norm: ``2`` or ``inf``.
-    :param method: ``"interval"`` or ``"linear"``.
-    :return: Operation indices for :func:`~.intervals.backward_lower`'s ``start``.
-    """
-    tail = tail_start(net)
-    if not (norm == math.inf or method == "linear"):
-        return [tail]
-    return [tail, 0] if tail > 0 else [0]
-
-
 def _relaxation_lower(
     net: PiecewiseLinearNetwork, s: InputSet, bounds: Bounds, rows: torch.Tensor, method: str
 ) -> torch.Tensor:
-    """The largest linear-relaxation lower bound of ``rows · f`` over :func:`relaxation_starts`."""
+    """The largest linear-relaxation lower bound of ``rows · f`` over :func:`~.intervals.relaxation_starts`."""
     starts = relaxation_starts(net, s.norm, method)
     lows = [backward_lower(net, s, bounds, rows, len(net.ops), start) for start in starts]
     return torch.stack(lows).amax(dim=0)

@@ -19,8 +19,7 @@ from collections.abc import Callable
 import torch
 
 from art_jacreg.certify._common import InputSet, margin_rows
-from art_jacreg.certify.certificates import relaxation_starts
-from art_jacreg.certify.intervals import Bounds, backward_lower, interval_bounds, linear_bounds
+from art_jacreg.certify.intervals import Bounds, backward_lower, interval_bounds, linear_bounds, relaxation_starts
 from art_jacreg.certify.lipschitz import row_lipschitz, segment_lipschitz
 from art_jacreg.certify.local_jacobian import _ball_step, gradient_dual_norm, mean_value_lower, pull_back
 from art_jacreg.certify.network import PiecewiseLinearNetwork

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from art_jacreg.certify._common import InputSet, box_deviation, check_network
-from art_jacreg.certify.lipschitz import SegmentBound, sound_segments
+from art_jacreg.certify.lipschitz import SegmentBound, sound_segments, tail_start
 from art_jacreg.certify.network import OpChain, PiecewiseLinearNetwork
 from art_jacreg.certify.ops.base import Op, weighted_sum
 from art_jacreg.certify.ops.maxpool import maxpool_windows  # noqa: F401 - importable from here, as before
@@ -142,6 +142,25 @@ def backward_lower(
         ball = const + weighted_sum(a, s.x) - s.eps[:, None] * a.flatten(2).norm(dim=-1)
         low = torch.maximum(low, ball)
     return low
+
+
+def relaxation_starts(net: PiecewiseLinearNetwork, norm: float, method: str) -> list[int]:
+    """Where the linear relaxations of the margins stop and concretise, cheapest first.
+
+    Through the whole network to the input (``0``) for ``p = inf`` and for ``"linear"``; through the final affine
+    block only for ``"interval"`` with ``p = 2`` (measured on the MNIST CNNs: relaxing further never raised an l2
+    radius and cost 30 % more time). Where it relaxes to the input, the final affine block alone is tried first: on
+    networks trained with interval bounds it is often the tighter of the two.
+
+    :param net: The network.
+    :param norm: ``2`` or ``inf``.
+    :param method: ``"interval"`` or ``"linear"``.
+    :return: Operation indices for :func:`backward_lower`'s ``start``.
+    """
+    tail = tail_start(net)
+    if not (norm == math.inf or method == "linear"):
+        return [tail]
+    return [tail, 0] if tail > 0 else [0]
 
 
 def _crown_layer(
