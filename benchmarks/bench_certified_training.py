@@ -60,7 +60,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--n-train", type=int, default=4000)
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="2,000 training digits, 10 epochs, 300 test digits")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="one seed (ignored when --seeds is given)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="several seeds: cells become mean +/- std over them")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain-training reference row")
     parser.add_argument("--model", default="mnist_cnn", choices=("mnist_cnn", "mnist_maxpool_cnn"))
     parser.add_argument("--batch-size", type=int, default=128)
@@ -72,6 +73,7 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.n_train, args.n_test = min(args.epochs, 10), min(args.n_train, 2000), min(args.n_test, 300)
+    args.seeds = args.seeds or [args.seed]
     return args
 
 
@@ -119,13 +121,17 @@ def train_art_ibp(eps: float, x: np.ndarray, y: np.ndarray, args: argparse.Names
     return classifier(outcome.model, ctx), outcome.seconds / args.epochs  # raw inputs, as the harness trains it
 
 
-def attacked(clf, x: np.ndarray, y: np.ndarray, norm: float, n: int) -> str:
-    """AutoAttack accuracy (fast pair) on the first ``n`` digits at the radii of :data:`AA_EPS`."""
+def attacked(clf, x: np.ndarray, y: np.ndarray, norm: float, n: int) -> list[float]:
+    """AutoAttack accuracy (fast pair) on the first ``n`` digits at the radii of :data:`AA_EPS` (empty for n 0)."""
     if n <= 0:
-        return "-"
-    accs = [float(np.mean(run_attack(clf, x[:n], y[:n], e, norm, "autoattack", 256, {"max_iter": 20}).prediction
+        return []
+    return [float(np.mean(run_attack(clf, x[:n], y[:n], e, norm, "autoattack", 256, {"max_iter": 20}).prediction
                           == y[:n])) for e in AA_EPS[norm]]  # fmt: skip
-    return " / ".join(f"{a:.3f}" for a in accs)
+
+
+def shown_aa(accuracies: list[float]) -> str:
+    """AutoAttack accuracies as ``a / b`` (``-`` when skipped)."""
+    return " / ".join(f"{a:.3f}" for a in accuracies) or "-"
 
 
 def certify(clf, x: np.ndarray, y: np.ndarray, norm: float, eps: float) -> tuple[float, float, float]:
@@ -135,19 +141,25 @@ def certify(clf, x: np.ndarray, y: np.ndarray, norm: float, eps: float) -> tuple
     return float(np.mean(pred == y)), float(np.mean((pred == y) & (radius >= eps))), time.perf_counter() - t0
 
 
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(1)
-    logging.basicConfig(level=logging.WARNING)
-    (x_train, y_train), (x_test, y_test), _, _ = load_mnist()
-    x_train, y_train = x_train[: args.n_train], y_train[: args.n_train]
-    x_test, y_test = x_test[: args.n_test], y_test[: args.n_test].argmax(1)
+def cell(values: list[float], fmt: str = ".3f") -> str:
+    """One table cell: the value, or ``mean +/- std`` (sample std) over the seeds."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{np.mean(values):{fmt}} ± {np.std(values, ddof=1):{fmt}}"
+
+
+def one_seed(seed: int, args: argparse.Namespace, data: tuple) -> dict[str, dict]:
+    """Every row of the benchmark for one seed: ``{row name: {"clean", "cert", "aa", "sec", "ratio"}}``."""
+    x_train, y_train, x_test, y_test = data
+    args.seed = seed
     plain = 0.0
-    rows = []
+    rows: dict[str, dict] = {}
     if not args.no_plain:
         clf, _, plain = train(None, x_train, y_train, args)
         pred = clf.predict(x_test).argmax(1)
-        rows.append(("plain CE", float(np.mean(pred == y_test)), "-", "-", plain, 1.0))
+        rows["plain CE"] = {"clean": float(np.mean(pred == y_test)), "cert": [], "aa": [], "sec": plain, "ratio": 1.0}
     for spec in filter(None, args.runs.split(",")):
         run = parse_run(spec)
         clf, trainer, per_epoch = train(run, x_train, y_train, args)
@@ -157,24 +169,41 @@ def main() -> None:
         extra = ",".join(f"{k}={params[k]}" if isinstance(params[k], str) else f"{k}={params[k]:g}" for k in shown)
         name = f"{run['bound']} l{'2' if run['norm'] == 2 else 'inf'} eps {run['eps']:g} ({extra})"
         aa = attacked(clf, x_test, y_test, run["norm"], args.n_attack)
-        rows.append((name, clean, f"{cert:.3f}", aa, per_epoch, per_epoch / plain if plain else float("nan")))
-        print(
-            f"{name}: clean {clean:.3f} certified {cert:.3f} AA {aa} {per_epoch:.2f} s/epoch (certify {cert_s:.0f} s)"
-        )
+        rows[name] = {"clean": clean, "cert": [cert], "aa": aa, "sec": per_epoch,
+                      "ratio": per_epoch / plain if plain else float("nan")}  # fmt: skip
+        print(f"seed {seed} {name}: clean {clean:.3f} certified {cert:.3f} AA {shown_aa(aa)} "
+              f"{per_epoch:.2f} s/epoch (certify {cert_s:.0f} s)", flush=True)  # fmt: skip
     for eps in (float(e) for e in filter(None, args.art_ibp.split(","))):
         clf, per_epoch = train_art_ibp(eps, x_train, y_train, args)
         clean, cert, _ = certify(clf, x_test, y_test, math.inf, eps)
         aa = attacked(clf, x_test, y_test, math.inf, args.n_attack)
         name = f"ART IBP trainer linf eps {eps:g} (Gowal ramp)"
-        rows.append((name, clean, f"{cert:.3f}", aa, per_epoch, per_epoch / plain if plain else float("nan")))
-        print(f"{name}: clean {clean:.3f} certified {cert:.3f} AA {aa} {per_epoch:.2f} s/epoch")
+        rows[name] = {"clean": clean, "cert": [cert], "aa": aa, "sec": per_epoch,
+                      "ratio": per_epoch / plain if plain else float("nan")}  # fmt: skip
+        print(f"seed {seed} {name}: clean {clean:.3f} certified {cert:.3f} AA {shown_aa(aa)} {per_epoch:.2f} s/epoch")
+    return rows
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+    (x_train, y_train), (x_test, y_test), _, _ = load_mnist()
+    data = (x_train[: args.n_train], y_train[: args.n_train], x_test[: args.n_test], y_test[: args.n_test].argmax(1))
+    seeds = list(args.seeds)
+    per_seed = [one_seed(seed, args, data) for seed in seeds]
     print(f"\n{args.model}, {args.n_train} training digits, {args.epochs} epochs, batch {args.batch_size}, "
           f"Adam {args.lr:g}, {args.n_test} test digits certified, AutoAttack (fast pair, 20 iterations) on "
-          f"{args.n_attack} at l2 1.0 / 1.5 or l-inf 0.1 / 0.3, seed {args.seed}, one torch thread\n")  # fmt: skip
+          f"{args.n_attack} at l2 1.0 / 1.5 or l-inf 0.1 / 0.3, seeds {', '.join(map(str, seeds))} "
+          f"(cells: mean ± sample std over the seeds), one torch thread\n")  # fmt: skip
     print("| training | clean | certified at eps | AutoAttack | train s/epoch | ratio to plain |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name, clean, cert, aa, sec, ratio in rows:
-        print(f"| {name} | {clean:.3f} | {cert} | {aa} | {sec:.2f} | {ratio:.1f}x |")
+    for name in per_seed[0]:
+        got = [rows[name] for rows in per_seed]
+        attacks = [row["aa"] for row in got if row["aa"]]
+        aa = " / ".join(cell([a[i] for a in attacks]) for i in range(len(attacks[0]))) if attacks else "-"
+        print(f"| {name} | {cell([r['clean'] for r in got])} | {cell([c for r in got for c in r['cert']])} | {aa} | "
+              f"{cell([r['sec'] for r in got], '.2f')} | {cell([r['ratio'] for r in got], '.1f')}x |")  # fmt: skip
 
 
 if __name__ == "__main__":
