@@ -55,6 +55,8 @@ METHODS = ("lipschitz", "interval", "linear")
 
 #: Attacks of :mod:`art_jacreg.attacks`.
 ATTACKS = ("apgd", "autoattack", "torchattacks", "pgd")
+#: Built-in learning-rate schedules of the trainers (:mod:`art_jacreg.training.lr_schedule`).
+LR_SCHEDULES = ("cosine", "step", "constant")
 
 
 def validate_norm(norm: Any, name: str = "norm") -> float:

@@ -142,7 +142,8 @@ class CertifiedJacobianTrainer(ArtTrainerFace):
         :param n_projections: Regulariser estimator for ``norm=2`` (as in ``JacobianRegularizedTrainer``).
         :param n_rows: Regulariser estimator for ``norm=np.inf`` (as in ``JacobianRegularizedTrainer``).
         :param lr_schedule: Learning rate over a ``fit`` call without a ``scheduler``: ``"cosine"`` (decays per epoch
-            from the optimizer's rate towards 0; the rate is given back afterwards) or ``"constant"``; ``None``:
+            from the optimizer's rate towards 0), ``"step"`` (the rate times 0.1 after three quarters of the epochs)
+            or ``"constant"``; the optimizer's rate is given back afterwards; ``None``:
             ``"cosine"`` (l2), ``"constant"`` (l-inf). A ``scheduler`` given to ``fit`` replaces it. Measured on runs of
             40 epochs; a very short run (about 100 steps) learns faster with ``"constant"``.
         :param seed: Seed (int ``>= 0``) of the shuffling, the estimator and the power-iteration start vectors;

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-from art_jacreg._validate import ATTACKS, METHODS
+from art_jacreg._validate import ATTACKS, LR_SCHEDULES, METHODS
 from art_jacreg.cli_types import eps as _eps
 from art_jacreg.cli_types import learning_rate as _lr
 from art_jacreg.cli_types import nonneg_float as _nonneg_float
@@ -81,9 +81,9 @@ def _add_certified(train: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--lr-schedule",
-        choices=("cosine", "constant"),
+        choices=LR_SCHEDULES,
         default=None,
-        help="learning rate over the run (default: cosine for l2, constant for inf)",
+        help="learning rate over the run (default: cosine for l2, constant for inf); step: x0.1 after 3/4 of epochs",
     )
 
 

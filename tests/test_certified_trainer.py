@@ -251,6 +251,17 @@ def test_builtin_cosine_learning_rate_decays_per_epoch_and_is_given_back(mnist, 
         assert [h["learning_rate"] for h in trainer.history] == pytest.approx([1e-3, 1e-3])
 
 
+def test_builtin_step_learning_rate_drops_after_three_quarters_of_the_epochs(mnist):
+    x, y = mnist[0][:128], mnist[1][:128]
+    clf = _classifier(4)
+    trainer = CertifiedJacobianTrainer(clf, norm=np.inf, eps=0.1, seed=0, verbose=False, lr_schedule="step")
+    trainer.fit(x, y, batch_size=64, nb_epochs=4)
+    assert [h["learning_rate"] for h in trainer.history] == pytest.approx([1e-3, 1e-3, 1e-3, 1e-4])
+    assert all(g["lr"] == 1e-3 and "initial_lr" not in g for g in clf.optimizer.param_groups)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        trainer.set_params(lr_schedule="linear")
+
+
 def test_unsupported_model_is_refused_naming_the_model():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10), torch.nn.Tanh())
     with pytest.raises(ValueError, match="classifier.model"):

@@ -8,21 +8,26 @@ and at l2 1.0 from 0.462 to 0.548; the numbers are on the guide page "Choosing n
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["LR_SCHEDULES", "default_scheduler", "learning_rates_restored"]
+from art_jacreg._validate import LR_SCHEDULES
 
-#: Built-in schedules: ``"cosine"`` (per epoch, from the optimizer's learning rate towards 0) or ``"constant"``.
-LR_SCHEDULES = ("cosine", "constant")
+__all__ = ["LR_SCHEDULES", "STEP_AT", "STEP_GAMMA", "default_scheduler", "learning_rates_restored"]
+
+#: Fraction of the epochs after which ``"step"`` lowers the learning rate, and the factor it lowers it by.
+STEP_AT, STEP_GAMMA = 0.75, 0.1
 
 
 def default_scheduler(name: str, optimizer: torch.optim.Optimizer, nb_epochs: int) -> Any | None:
     """The scheduler of a built-in schedule, stepped once per epoch by the training loop.
 
-    :param name: One of :data:`LR_SCHEDULES`.
+    :param name: One of :data:`LR_SCHEDULES`: ``"cosine"`` (per epoch, from the optimizer's learning rate towards
+        0), ``"step"`` (the learning rate times :data:`STEP_GAMMA` from epoch ``ceil(STEP_AT * nb_epochs)`` on, as IBP
+        training does) or ``"constant"``.
     :param optimizer: The classifier's optimizer.
     :param nb_epochs: Epochs of the whole run (a resumed run restores the scheduler's state from its checkpoint).
     :return: A ``torch.optim.lr_scheduler`` object, or ``None`` for a constant learning rate.
@@ -32,6 +37,9 @@ def default_scheduler(name: str, optimizer: torch.optim.Optimizer, nb_epochs: in
         raise ValueError(f"`lr_schedule` must be one of {LR_SCHEDULES}, got {name!r}.")
     if name == "constant":
         return None
+    if name == "step":
+        milestone = max(1, math.ceil(STEP_AT * int(nb_epochs)))
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[milestone], gamma=STEP_GAMMA)
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(nb_epochs)))
 
 
