@@ -15,18 +15,14 @@ Usage: ``python benchmarks/bench_certified_training.py [--quick] [--runs global:
 ``bound:norm:eps[:key=value...]`` with keys ``variant`` (``ce`` / ``bottom``), ``kappa`` (final clean-loss weight),
 ``ramp`` (fraction of the steps over which eps grows from 0), ``train_eps`` (multiplier of the training eps),
 ``epochs``, ``crown`` (l-inf local: 1 for CROWN-IBP), ``depth`` (l2 local: ReLU layers the local Jacobian rows
-pass, -1 for all), ``reg`` (weight of the Jacobian regulariser), ``lr`` (``cosine`` / ``constant``, the trainer's
+pass, -1 for all), ``reg`` (weight of the Jacobian regulariser), ``lr`` (``cosine`` / ``step`` / ``constant``, the trainer's
 ``lr_schedule``); unspecified keys take the trainer's defaults. ``--lr`` sets Adam's learning rate of every row,
 ``--art-ibp 0.1,0.3`` adds rows for ART's IBP trainer, ``--model mnist_maxpool_cnn`` the max-pool CNN.
 
-Measured 2026-12-02 (default runs, 4,000 / 1,000 digits, 40 epochs, on a 2-core machine shared with other jobs, so the
-seconds are noisy; ratios are to the plain run of the same process): l2 eps 0.3 global 0.971 / 0.847 (1.4x), local
-0.972 / 0.846 (2.9x); l2 eps 1.0 global 0.841 / 0.462, local 0.831 / 0.420 (3.9x); l-inf eps 0.1 IBP ("global")
-0.969 / 0.896 (3.9x), deviation-tightened IBP ("local") 0.971 / 0.891 (4.6x) (clean / certified). Those stage-1
-numbers came from the script's own loop with the same loss and schedule; since then it trains through the trainer.
-``--quick`` through the trainer (2,000 / 300 digits, 10 epochs, 2026-12-02, machine shared): plain 0.913 clean; l2 0.3
-global 0.897 / 0.680 (1.1x), local 0.917 / 0.683 (3.2x); l2 1.0 global 0.783 / 0.120 (1.4x), local 0.703 / 0.120
-(2.3x); l-inf 0.1 global 0.853 / 0.567, local 0.850 / 0.563 (both ~12x, measured while another job used the CPU).
+``--seeds 0 1 2`` runs every row per seed and prints mean ± sample std cells.
+
+Measured: ``benchmarks/results/bench_certified_training_*.txt`` (the ``_seeds_`` files start with their command); the README and
+the guide page "Choosing norm and reg_weight" (section "Certified training") quote them.
 """
 
 from __future__ import annotations
