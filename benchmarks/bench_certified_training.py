@@ -15,14 +15,14 @@ Usage: ``python benchmarks/bench_certified_training.py [--quick] [--runs global:
 ``bound:norm:eps[:key=value...]`` with keys ``variant`` (``ce`` / ``bottom``), ``kappa`` (final clean-loss weight),
 ``ramp`` (fraction of the steps over which eps grows from 0), ``train_eps`` (multiplier of the training eps),
 ``epochs``, ``crown`` (l-inf local: 1 for CROWN-IBP), ``depth`` (l2 local: ReLU layers the local Jacobian rows
-pass, -1 for all), ``reg`` (weight of the Jacobian regulariser), ``lr`` (``cosine`` / ``step`` / ``constant``, the trainer's
-``lr_schedule``); unspecified keys take the trainer's defaults. ``--lr`` sets Adam's learning rate of every row,
-``--art-ibp 0.1,0.3`` adds rows for ART's IBP trainer, ``--model mnist_maxpool_cnn`` the max-pool CNN.
+pass, -1 for all), ``reg`` (weight of the Jacobian regulariser), ``lr`` (``cosine`` / ``step`` / ``constant``, the
+trainer's ``lr_schedule``); unspecified keys take the trainer's defaults. ``--lr`` sets Adam's learning rate of every
+row, ``--art-ibp 0.1,0.3`` adds rows for ART's IBP trainer, ``--model mnist_maxpool_cnn`` the max-pool CNN.
 
 ``--seeds 0 1 2`` runs every row per seed and prints mean ± sample std cells.
 
-Measured: ``benchmarks/results/bench_certified_training_*.txt`` (the ``_seeds_`` files start with their command); the README and
-the guide page "Choosing norm and reg_weight" (section "Certified training") quote them.
+Measured: ``benchmarks/results/bench_certified_training_*.txt`` (the ``_seeds_`` files start with their command);
+the README and the guide page "Choosing norm and reg_weight" (section "Certified training") quote them.
 """
 
 from __future__ import annotations
