@@ -83,7 +83,7 @@ def _add_certified(train: argparse.ArgumentParser) -> None:
         "--lr-schedule",
         choices=LR_SCHEDULES,
         default=None,
-        help="learning rate over the run (default: cosine for l2, constant for inf); step: x0.1 after 3/4 of epochs",
+        help="learning rate over the run (default: cosine for l2, step for inf: x0.1 after 3/4 of the epochs)",
     )
 
 
