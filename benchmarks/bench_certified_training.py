@@ -146,6 +146,11 @@ def cell(values: list[float], fmt: str = ".3f") -> str:
     return f"{np.mean(values):{fmt}} ± {np.std(values, ddof=1):{fmt}}"
 
 
+def row(clean: float, cert: list[float], aa: list[float], seconds: float, plain: float) -> dict:
+    """One row of one seed; the cost ratio is to the same seed's plain run (``nan`` without one)."""
+    return {"clean": clean, "cert": cert, "aa": aa, "sec": seconds, "ratio": seconds / plain if plain else float("nan")}
+
+
 def one_seed(seed: int, args: argparse.Namespace, data: tuple) -> dict[str, dict]:
     """Every row of the benchmark for one seed: ``{row name: {"clean", "cert", "aa", "sec", "ratio"}}``."""
     x_train, y_train, x_test, y_test = data
@@ -155,7 +160,7 @@ def one_seed(seed: int, args: argparse.Namespace, data: tuple) -> dict[str, dict
     if not args.no_plain:
         clf, _, plain = train(None, x_train, y_train, args)
         pred = clf.predict(x_test).argmax(1)
-        rows["plain CE"] = {"clean": float(np.mean(pred == y_test)), "cert": [], "aa": [], "sec": plain, "ratio": 1.0}
+        rows["plain CE"] = row(float(np.mean(pred == y_test)), [], [], plain, plain)
     for spec in filter(None, args.runs.split(",")):
         run = parse_run(spec)
         clf, trainer, per_epoch = train(run, x_train, y_train, args)
@@ -165,8 +170,7 @@ def one_seed(seed: int, args: argparse.Namespace, data: tuple) -> dict[str, dict
         extra = ",".join(f"{k}={params[k]}" if isinstance(params[k], str) else f"{k}={params[k]:g}" for k in shown)
         name = f"{run['bound']} l{'2' if run['norm'] == 2 else 'inf'} eps {run['eps']:g} ({extra})"
         aa = attacked(clf, x_test, y_test, run["norm"], args.n_attack)
-        rows[name] = {"clean": clean, "cert": [cert], "aa": aa, "sec": per_epoch,
-                      "ratio": per_epoch / plain if plain else float("nan")}  # fmt: skip
+        rows[name] = row(clean, [cert], aa, per_epoch, plain)
         print(f"seed {seed} {name}: clean {clean:.3f} certified {cert:.3f} AA {shown_aa(aa)} "
               f"{per_epoch:.2f} s/epoch (certify {cert_s:.0f} s)", flush=True)  # fmt: skip
     for eps in (float(e) for e in filter(None, args.art_ibp.split(","))):
@@ -174,8 +178,7 @@ def one_seed(seed: int, args: argparse.Namespace, data: tuple) -> dict[str, dict
         clean, cert, _ = certify(clf, x_test, y_test, math.inf, eps)
         aa = attacked(clf, x_test, y_test, math.inf, args.n_attack)
         name = f"ART IBP trainer linf eps {eps:g} (Gowal ramp)"
-        rows[name] = {"clean": clean, "cert": [cert], "aa": aa, "sec": per_epoch,
-                      "ratio": per_epoch / plain if plain else float("nan")}  # fmt: skip
+        rows[name] = row(clean, [cert], aa, per_epoch, plain)
         print(f"seed {seed} {name}: clean {clean:.3f} certified {cert:.3f} AA {shown_aa(aa)} {per_epoch:.2f} s/epoch")
     return rows
 
