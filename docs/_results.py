@@ -10,9 +10,8 @@ Called by ``conf.py`` when the builder starts. For each model of :data:`MODELS` 
 * ``results_figures_<model>.rst``: one ``.. figure::`` per PNG of the folder, in file-name order;
 * ``results_files_<model>.rst``: download links to the machine-readable files (CSV, JSON, markdown).
 
-A folder in the layout before seeds and models existed (``docs/results/<preset>/summary.md``) is shown for
-``mnist_cnn`` until a new run replaces it, with a note saying so. The page therefore builds, warning-free, before and
-after the lead copies the results in.
+A model whose folder is still empty gets a note instead, so the page builds, warning-free, before and after its
+results are put in place.
 """
 
 from __future__ import annotations
@@ -48,15 +47,6 @@ def _caption(path: Path) -> str:
     return CAPTIONS.get(path.stem) or path.stem.replace("_", " ").replace("-", " ").strip().capitalize()
 
 
-def _folder(docs_dir: Path, preset: str, model: str) -> tuple[Path, bool]:
-    """The results folder of a model, and whether it is the old single-seed layout."""
-    folder = docs_dir / "results" / preset / model
-    legacy = docs_dir / "results" / preset
-    if not (folder / "summary.md").is_file() and model == MODELS[0] and (legacy / "summary.md").is_file():
-        return legacy, True
-    return folder, False
-
-
 def _note(text: str) -> str:
     return "```{note}\n" + text + "\n```\n"
 
@@ -70,7 +60,7 @@ def write_results_fragments(docs_dir: Path, preset: str = PRESET) -> None:
     out_dir = docs_dir / "_generated"
     out_dir.mkdir(exist_ok=True)
     for model in MODELS:
-        results, legacy = _folder(docs_dir, preset, model)
+        results = docs_dir / "results" / preset / model
         missing = _note(
             f"The `{preset}` results for `{model}` have not been added to this build yet: "
             f"`docs/results/{preset}/{model}/` is empty. Run the command above and copy its output folder there."
@@ -78,12 +68,6 @@ def write_results_fragments(docs_dir: Path, preset: str = PRESET) -> None:
         headline = results / "headline.md"
         if headline.is_file():
             text = headline.read_text(encoding="utf-8")
-        elif legacy:
-            text = _note(
-                "These are the results of the earlier single-seed run (one seed, no standard AutoAttack, before the "
-                "l-inf 0.3 / l2 1.5 rows and the IBP ramp were added); its full table is below. A new run replaces "
-                "them."
-            )
         else:
             text = missing
         _write_if_changed(out_dir / f"results_headline_{model}.md", text)
