@@ -25,7 +25,7 @@ from art_jacreg.certify.local_jacobian import _ball_step, gradient_dual_norm, me
 from art_jacreg.certify.network import PiecewiseLinearNetwork
 from art_jacreg.certify.ops.base import dual_norm
 
-__all__ = ["margins_certified", "subset_bounds"]
+__all__ = ["margin_excess", "margins_certified", "subset_bounds"]
 
 Family = Callable[[torch.Tensor], torch.Tensor]
 
@@ -150,13 +150,38 @@ def margins_certified(
     :param slack: ``(B,)`` thresholds.
     :return: Bool ``(B,)``.
     """
+    return margin_excess(net, s, labels, method, logits, slack) > 0
+
+
+def margin_excess(
+    net: PiecewiseLinearNetwork,
+    s: InputSet,
+    labels: torch.Tensor,
+    method: str,
+    logits: torch.Tensor,
+    slack: torch.Tensor,
+) -> torch.Tensor:
+    """The smallest, over the rows ``j != y``, of the best margin lower bound found minus ``slack``: certified
+    exactly where it is ``> 0`` (this is :func:`margins_certified` before the comparison).
+
+    Where it is ``<= 0`` every bound family ran, so it is the method's own value. Where it is ``> 0`` the families
+    may have stopped early: the value is then a lower bound of the method's value (enough to guide a radius search).
+
+    :param net: The network.
+    :param s: The input set.
+    :param labels: int64 ``(B,)``.
+    :param method: ``"lipschitz"``, ``"interval"`` or ``"linear"``.
+    :param logits: ``f(x)`` ``(B, K)``, float64.
+    :param slack: ``(B,)`` thresholds.
+    :return: float64 ``(B,)``.
+    """
     rows, _ = margin_rows(labels, net.num_classes)
     thr = slack[:, None].expand(-1, rows.shape[1])
     with torch.no_grad():
         value = (rows * logits[:, None]).sum(-1)
         low = value - s.eps[:, None] * row_lipschitz(net, rows, s.norm)
         if method == "lipschitz" or bool((low > thr).all()):
-            return (low > thr).all(dim=1)
+            return (low - thr).amin(dim=1)
         pairs = _Pairs(s, rows, value, low, thr)
         sub = s.subset(pairs.uniq)
         ibp = interval_bounds(net, sub)
@@ -165,4 +190,4 @@ def margins_certified(
             # CROWN on the same batch as margin_lower (its padding rows make bounds depend on the batch)
             _run_families(net, pairs, subset_bounds(linear_bounds(net, sub, ibp), pairs.inverse), method)
         low[pairs.samples, pairs.which] = pairs.best[:, 0]
-    return (low > thr).all(dim=1)
+    return (low - thr).amin(dim=1)
