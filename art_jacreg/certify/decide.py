@@ -136,18 +136,13 @@ def margins_certified(
     logits: torch.Tensor,
     slack: torch.Tensor,
 ) -> torch.Tensor:
-    """Whether every margin ``f_y - f_j`` (``j != y``) has a sound lower bound above ``slack`` over the set.
+    """Whether every margin ``f_y - f_j`` (``j != y``) has a sound lower bound above ``slack`` over the set:
+    ``margin_excess(...) > 0``, with the arguments of :func:`margin_excess`.
 
     Equal to ``(margin_lower(net, s, labels, method, logits, slack[:, None]) > slack[:, None]).all(1)``
     (:func:`~.certificates.margin_lower`), but every (sample, row) pair stops at the first bound family that
     settles it (see the module docstring).
 
-    :param net: The network.
-    :param s: The input set.
-    :param labels: int64 ``(B,)``.
-    :param method: ``"lipschitz"``, ``"interval"`` or ``"linear"``.
-    :param logits: ``f(x)`` ``(B, K)``, float64.
-    :param slack: ``(B,)`` thresholds.
     :return: Bool ``(B,)``.
     """
     return margin_excess(net, s, labels, method, logits, slack) > 0
