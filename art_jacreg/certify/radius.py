@@ -78,7 +78,8 @@ def certified_radius(
     :param clip_values: ``None`` or ``(min, max)``.
     :param method: ``"lipschitz"``, ``"interval"`` or ``"linear"``.
     :param max_radius: Largest radius searched (default: the clip box's diameter, unbounded without a box).
-    :param n_bisect: Half the most search steps after bracketing.
+    :param n_bisect: Search budget after bracketing: at most ``2 * n_bisect`` steps for ``"interval"``,
+        ``max(3, n_bisect // 2)`` bisection steps for ``"linear"``.
     :return: float64 tensor ``(B,)`` of radii in raw input units.
     :raises ValueError: On invalid arguments.
     """
@@ -162,24 +163,36 @@ def _search(
         if idx.numel() == 0:
             break
         a, b = lo[idx], hi[idx]
-        fa = torch.where(kept[idx] >= 2, f_lo[idx] / 2 ** (kept[idx] - 1), f_lo[idx])  # Illinois
-        fb = torch.where(kept[idx] <= -2, f_hi[idx] / 2 ** (-kept[idx] - 1), f_hi[idx])
-        gap = (fa - fb).clamp(min=1e-300)
-        mid = torch.sqrt(a * b)
-        estimate = a + (b - a) * (fa / gap).clamp(0, 1)
-        estimate = torch.where(torch.isfinite(estimate), estimate, mid)
-        inner = (b / a) ** 0.01  # stay strictly inside the bracket
-        # aim a third of the tolerance past the estimate, towards the end that has not moved lately
-        up, run = 1 + RADIUS_RTOL / 3, kept[idx]
-        nudge = torch.where(run < 0, up, torch.where(run > 0, 1 / up, 1.0))
-        use_mid = stall[idx] >= 2 if falsi else torch.ones_like(stall[idx], dtype=torch.bool)
-        trial = torch.where(use_mid, mid, (estimate * nudge).clamp(min=a * inner, max=b / inner))
+        trial = torch.sqrt(a * b)  # geometric bisection, also after two steps in a row that did not halve
+        if falsi:
+            trial = torch.where(stall[idx] >= 2, trial, _false_position(a, b, f_lo[idx], f_hi[idx], kept[idx]))
         value = excess(idx, trial)
         ok = value > 0
         ratio_before = torch.log(b / a)
         lo[idx[ok]], f_lo[idx[ok]] = trial[ok], value[ok]
         hi[idx[~ok]], f_hi[idx[~ok]] = trial[~ok], value[~ok]
+        run = kept[idx]
         kept[idx] = torch.where(ok, torch.where(run < 0, run - 1, -1), torch.where(run > 0, run + 1, 1))
         halved = torch.log(hi[idx] / lo[idx]) <= 0.5 * ratio_before
         stall[idx] = torch.where(halved, 0, stall[idx] + 1)
     return lo
+
+
+def _false_position(
+    a: torch.Tensor, b: torch.Tensor, f_a: torch.Tensor, f_b: torch.Tensor, kept: torch.Tensor
+) -> torch.Tensor:
+    """The next radius to try inside each bracket ``[a, b]`` (excess ``f_a > 0`` at ``a``, ``f_b <= 0`` at ``b``).
+
+    False position, with the Illinois rule: an end kept ``k >= 2`` steps in a row has its excess halved ``k - 1``
+    times (``kept``: ``+k`` for ``a``, ``-k`` for ``b``). The estimate is then moved a third of
+    :data:`RADIUS_RTOL` towards the end that has not moved lately, so that an accurate estimate closes the bracket
+    from both sides, and kept strictly inside the bracket.
+    """
+    fa = torch.where(kept >= 2, f_a / 2 ** (kept - 1), f_a)
+    fb = torch.where(kept <= -2, f_b / 2 ** (-kept - 1), f_b)
+    estimate = a + (b - a) * (fa / (fa - fb).clamp(min=1e-300)).clamp(0, 1)
+    estimate = torch.where(torch.isfinite(estimate), estimate, torch.sqrt(a * b))
+    up = 1 + RADIUS_RTOL / 3
+    nudge = torch.where(kept < 0, up, torch.where(kept > 0, 1 / up, 1.0))
+    inner = (b / a) ** 0.01
+    return (estimate * nudge).clamp(min=a * inner, max=b / inner)
