@@ -44,6 +44,7 @@ def _ops() -> dict[str, object]:
         "reshape": Reshape((2, 3, 3), (18,)),
         "relu": ReLU((2, 4, 4)),
         "maxpool": MaxPool2d((2, 6, 6), (3, 3), (2, 2), (1, 1), (1, 1)),
+        "maxpool_tiles": MaxPool2d((2, 7, 6), (2, 2), (2, 2), (0, 0), (1, 1)),  # windows tile (a row uncovered)
     }
 
 

@@ -21,7 +21,7 @@ import torch
 from art_jacreg.certify._common import InputSet, margin_rows
 from art_jacreg.certify.intervals import Bounds, backward_lower, interval_bounds, linear_bounds, relaxation_starts
 from art_jacreg.certify.lipschitz import row_lipschitz, segment_lipschitz
-from art_jacreg.certify.local_jacobian import _ball_step, gradient_dual_norm, mean_value_lower, pull_back
+from art_jacreg.certify.local_jacobian import _ball_step, default_spawn, gradient_dual_norm, mean_value_lower, pull_back
 from art_jacreg.certify.network import PiecewiseLinearNetwork
 from art_jacreg.certify.ops.base import dual_norm
 
@@ -68,8 +68,7 @@ def _local_families(
     one lazily evaluated family per centre-and-ball candidate (the same spawn boundaries and arithmetic).
     """
     s, rows = pairs.s.subset(idx), pairs.rows[idx]
-    n = len(net.ops)
-    spawn = {n} | {i for i, op in enumerate(net.ops) if not op.affine} if s.norm == 2 else set()
+    spawn = default_spawn(net, s.norm)
     dev2, dev_p = s.deviation(2.0)[:, None], s.deviation(s.norm)[:, None]
     seeds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     best = None

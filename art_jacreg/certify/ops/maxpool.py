@@ -66,6 +66,30 @@ class MaxPool2d(PiecewiseOp):
         """Whether the windows tile the image without overlap, padding or dilation (``kernel_size == stride``)."""
         return self.kernel_size == self.stride and self.padding == (0, 0) and self.dilation == (1, 1)
 
+    def _tile(self, x: torch.Tensor) -> torch.Tensor:
+        """Tiling windows only: ``x`` ``(..., C, H, W)`` as ``(..., C, ho, kh, wo, kw)``, window ``(i, j)`` at
+        ``[..., i, :, j, :]`` (a view when the windows cover the image).
+        """
+        (kh, kw), (_, ho, wo) = self.kernel_size, self.out_shape
+        x = x[..., : ho * kh, : wo * kw]
+        return x.reshape(*x.shape[:-2], ho, kh, wo, kw)
+
+    def _tile_possible(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tiling windows only: the inputs that can be the maximum ``(B, C, ho, kh, wo, kw)`` and the dominated
+        windows ``(B, C, ho, 1, wo, 1)`` (as :func:`maxpool_windows`, in the layout of :meth:`_tile`).
+        """
+        lstar = F.max_pool2d(lo, self.kernel_size, self.stride)
+        possible = self._tile(hi) >= lstar[:, :, :, None, :, None]
+        return possible, self._count(possible)[:, :, :, None, :, None] == 1
+
+    def _count(self, tiled: torch.Tensor) -> torch.Tensor:
+        """Tiling windows only: how many entries of each window ``tiled`` ``(B, C, ho, kh, wo, kw)`` marks,
+        ``(B, C, ho, wo)`` (a native pooling kernel: summing over the small window dimensions is slow).
+        """
+        (kh, kw), (_, ho, wo) = self.kernel_size, self.out_shape
+        flat = tiled.reshape(*tiled.shape[:2], ho * kh, wo * kw).to(DTYPE)
+        return F.avg_pool2d(flat, self.kernel_size, self.stride, divisor_override=1)
+
     def fold(self, cols: torch.Tensor) -> torch.Tensor:
         """Adjoint of :meth:`windows`: sum window entries ``(N, C, k, L)`` back onto the input ``(N, C, H, W)``.
 
@@ -92,9 +116,25 @@ class MaxPool2d(PiecewiseOp):
         """Rows ``(B, M, C, L)`` sent each to the input ``best`` ``(B, C, L)`` of its window: ``(B, M, *in_shape)``."""
         nb, m, c, n_out = values.shape
         k = self.kernel_size[0] * self.kernel_size[1]
+        if self._tiles():  # one pass: the value where the window's index equals `best`, zero elsewhere
+            (kh, kw), (_, ho, wo) = self.kernel_size, self.out_shape
+            index = torch.arange(k, device=best.device).reshape(1, 1, 1, kh, 1, kw)
+            return self._spread(best.reshape(nb, c, ho, 1, wo, 1) == index, values)
         cols = torch.zeros(nb, m, c, k, n_out, dtype=values.dtype, device=values.device)
         cols.scatter_(3, best[:, None, :, None, :].expand(nb, m, c, 1, n_out), values[:, :, :, None, :])
         return self.fold(cols.reshape(nb * m, c, cols.shape[3], n_out)).reshape(nb, m, *self.in_shape)
+
+    def _spread(self, where: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Tiling windows only: rows ``(B, M, C, L)`` copied onto the inputs of their window that ``where``
+        ``(B, C, ho, kh, wo, kw)`` marks, zero elsewhere: ``(B, M, *in_shape)`` (what :meth:`fold` makes of them).
+        """
+        (kh, kw), (_, ho, wo), (ch, h, w) = self.kernel_size, self.out_shape, self.in_shape
+        nb, m = values.shape[:2]
+        # one copy into the input layout, then a product with a mask contiguous along the rows (much faster than
+        # torch.where broadcasting over the small window dimensions)
+        out = values.reshape(nb, m, ch, ho, 1, wo, 1).expand(nb, m, ch, ho, kh, wo, kw).reshape(nb, m, ch, -1)
+        out = out.mul_(where.reshape(where.shape[0], 1, ch, -1).to(values.dtype)).reshape(nb, m, ch, ho * kh, wo * kw)
+        return F.pad(out, (0, w - wo * kw, 0, h - ho * kh)) if (ho * kh, wo * kw) != (h, w) else out
 
     def relax_backward(  # noqa: D102
         self, a: torch.Tensor, const: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
@@ -109,6 +149,21 @@ class MaxPool2d(PiecewiseOp):
         dom = dominated[:, None].to(a.dtype)
         const = const + (neg * (1 - dom) * upper_max[:, None]).flatten(2).sum(-1)
         return self._route(best, pos + neg * dom), const
+
+    def pull_back_interval(  # noqa: D102
+        self, c: torch.Tensor, r: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
+    ) -> Tensors:
+        if not self._tiles():
+            return super().pull_back_interval(c, r, lower, upper)
+        # pull_back_hull's numbers with the centre and radius taken on the (smaller) output: tiling windows do not
+        # overlap, so each input receives at most one window's row
+        c, r = self.rows_for(c, lower), self.rows_for(r, lower)
+        possible, dominated = self._tile_possible(lower, upper)
+        b, m, ch = c.shape[0], c.shape[1], self.in_shape[0]
+        lo, hi = (c - r).reshape(b, m, ch, -1), (c + r).reshape(b, m, ch, -1)
+        cap = torch.where(dominated, torch.inf, 0.0).to(c.dtype).reshape(b, 1, ch, -1)
+        lo, hi = torch.minimum(lo, cap), torch.maximum(hi, -cap)  # a non-dominated window: [min(lo, 0), max(hi, 0)]
+        return self._spread(possible, (hi + lo) / 2), self._spread(possible, (hi - lo) / 2)
 
     def pull_back_hull(  # noqa: D102
         self, lo: torch.Tensor, hi: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
@@ -132,9 +187,14 @@ class MaxPool2d(PiecewiseOp):
         # A dominated window routes the centre to its maximum; the others, of unknown routing, move into the ball
         # through the pooling's Lipschitz constant, which also scales rho.
         c = self.rows_for(c, lower)
+        nb, m, ch = c.shape[0], c.shape[1], self.in_shape[0]
+        c = c.reshape(nb, m, ch, -1)
+        if self._tiles():  # the dominating input is the only possible one: route c to the possible inputs
+            possible, dominated = self._tile_possible(lower, upper)
+            free = (~dominated).to(c.dtype).reshape(nb, 1, ch, -1)
+            rho = lip * (rho + dual_norm(c * free, norm))
+            return self._spread(possible & dominated, c), rho
         best, _, dominated, _ = maxpool_windows(self, lower, upper)
-        nb, m, ch, n_out = best.shape[0], c.shape[1], self.in_shape[0], best.shape[-1]
-        c = c.reshape(nb, m, ch, n_out)
         dom = dominated[:, None]
         rho = lip * (rho + dual_norm(torch.where(dom, 0.0, c), norm))
         return self._route(best, torch.where(dom, c, 0.0)), rho
@@ -190,6 +250,17 @@ def maxpool_windows(op: MaxPool2d, lo: torch.Tensor, hi: torch.Tensor) -> tuple[
         ones that can be the maximum); ``dominated`` ``(B, C, L)`` windows with a single possible input; ``upper_max``
         ``(B, C, L)`` the largest upper bound (an upper bound of the output).
     """
+    if op._tiles():  # native pooling kernels instead of copying the windows out (the same first-maximum index)
+        (kh, kw), (_, ho, wo), (_, _, w) = op.kernel_size, op.out_shape, op.in_shape
+        lstar, flat = F.max_pool2d(lo, op.kernel_size, op.stride, return_indices=True)
+        row = flat // w - torch.arange(ho, device=flat.device)[:, None] * kh
+        col = flat % w - torch.arange(wo, device=flat.device) * kw
+        nb, ch = lo.shape[:2]
+        tiled = op._tile(hi) >= lstar[:, :, :, None, :, None]
+        possible = tiled.permute(0, 1, 3, 5, 2, 4).reshape(nb, ch, kh * kw, ho * wo)
+        upper_max = F.max_pool2d(hi, op.kernel_size, op.stride)
+        best, dominated = (row * kw + col).reshape(nb, ch, -1), (op._count(tiled) == 1).reshape(nb, ch, -1)
+        return best, possible, dominated, upper_max.reshape(nb, ch, -1)
     lw, uw = op.windows(lo), op.windows(hi)
     lstar, best = lw.max(dim=2)
     possible = uw >= lstar[:, :, None]

@@ -80,6 +80,19 @@ class ReLU(PiecewiseOp):
         a = torch.addcmul(a * geometry.gather(low_slope), neg, geometry.gather(up_slope - low_slope))
         return a, const + (neg * geometry.gather(up_icpt)).flatten(2).sum(-1), geometry
 
+    def pull_back_interval(  # noqa: D102
+        self, c: torch.Tensor, r: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
+    ) -> Tensors:
+        # The hull of pull_back_hull in fewer passes over the rows: with keep = 0 on inactive units (1 elsewhere)
+        # and cap = +inf on active ones (0 elsewhere), lo' = min(keep lo, cap), hi' = max(keep hi, -cap): the same
+        # numbers.
+        c, r = self.rows_for(c, lower), self.rows_for(r, lower)
+        keep = ((lower >= 0) | (upper > 0)).to(c.dtype)[:, None]
+        cap = torch.where(lower >= 0, torch.inf, 0.0).to(c.dtype)[:, None]
+        lo = torch.minimum(torch.sub(c, r).mul_(keep), cap)
+        hi = torch.maximum(torch.add(c, r).mul_(keep), -cap)
+        return (hi + lo).div_(2), hi.sub_(lo).div_(2)
+
     def pull_back_hull(  # noqa: D102
         self, lo: torch.Tensor, hi: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
     ) -> Tensors:
@@ -93,6 +106,6 @@ class ReLU(PiecewiseOp):
         self, c: torch.Tensor, rho: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, norm: float, lip: Scalar
     ) -> Tensors:
         c = self.rows_for(c, lower)
-        active, unstable = (lower >= 0)[:, None], ((lower < 0) & (upper > 0))[:, None]
-        rho = rho + dual_norm(torch.where(unstable, c, 0.0), norm) / 2
-        return c * (active.to(c.dtype) + unstable.to(c.dtype) / 2), rho
+        unstable = ((lower < 0) & (upper > 0)).to(c.dtype)[:, None]  # float masks: products beat torch.where here
+        rho = rho + dual_norm(c * unstable, norm) / 2
+        return c * ((lower >= 0).to(c.dtype)[:, None] + unstable / 2), rho

@@ -1,0 +1,71 @@
+"""The fast paths of the piecewise operations give the numbers of their generic rules, to the last bit.
+
+MaxPool2d with windows that tile the image (``kernel_size == stride``, no padding or dilation) uses native pooling
+kernels and one product per row tensor instead of copying windows out and folding them back; ReLU pulls intervals
+back in fewer passes. Inputs with many exact ties (bounds on a grid of halves, zeros after a ReLU) check that the
+first-maximum index of ``max_pool2d`` agrees with ``Tensor.max``. The brute-force checks of the rules themselves
+(against autograd Jacobians and sampled points) run on a tiling MaxPool in ``test_certify_ops.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from art_jacreg.certify.ops import MaxPool2d, ReLU
+from art_jacreg.certify.ops.base import PiecewiseOp
+from art_jacreg.certify.ops.maxpool import maxpool_windows
+
+
+def _tied_bounds(g: torch.Generator, shape: tuple[int, ...], relu_after: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    lower = (torch.randn(5, *shape, generator=g, dtype=torch.float64) * 2).round() / 2
+    if relu_after:
+        lower = lower.clamp(min=0)
+    upper = lower + (torch.rand(5, *shape, generator=g, dtype=torch.float64) * 2).round() / 2
+    return lower, upper
+
+
+def _same(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:
+    return all(x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+class _Generic(MaxPool2d):
+    """The same pooling forced onto the generic (unfold / fold) rules."""
+
+    def _tiles(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 6), (2, 7, 5), (4, 12, 12)])
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("relu_after", [False, True])
+def test_tiling_maxpool_rules_equal_the_generic_ones(shape, k, relu_after):
+    g = torch.Generator().manual_seed(11)
+    fast, slow = MaxPool2d(shape, (k, k), (k, k), (0, 0), (1, 1)), _Generic(shape, (k, k), (k, k), (0, 0), (1, 1))
+    assert fast._tiles() and not slow._tiles()
+    lower, upper = _tied_bounds(g, shape, relu_after)
+    assert _same(maxpool_windows(fast, lower, upper), maxpool_windows(slow, lower, upper))
+    for batch in (5, 1):  # rows of every sample, and rows shared by all samples
+        c = torch.randn(batch, 3, *fast.out_shape, generator=g, dtype=torch.float64)
+        r = torch.rand(batch, 3, *fast.out_shape, generator=g, dtype=torch.float64)
+        rho = torch.rand(batch, 3, generator=g, dtype=torch.float64)
+        const = torch.randn(5, 3, generator=g, dtype=torch.float64)
+        for op_a, op_b in ((fast, slow), (fast, fast)):
+            generic = PiecewiseOp.pull_back_interval(op_b, c, r, lower, upper)  # from pull_back_hull
+            assert _same(op_a.pull_back_interval(c, r, lower, upper), generic)
+        for norm in (2.0, float("inf")):
+            ball = (c, rho, lower, upper, norm, 1.5)
+            assert _same(fast.ball_step(*ball), slow.ball_step(*ball))
+        assert _same(fast.relax_backward(c, const, lower, upper), slow.relax_backward(c, const, lower, upper))
+
+
+@pytest.mark.parametrize("batch", [4, 1])
+def test_relu_pull_back_equals_its_hull(batch):
+    g = torch.Generator().manual_seed(12)
+    op = ReLU((2, 5, 5))
+    lower, upper = _tied_bounds(g, op.in_shape, False)
+    lower, upper = lower[:4] - 0.25, upper[:4] - 0.25
+    lower[0, 0, 0, 0] = upper[0, 0, 0, 0] = 0.0  # a unit fixed at 0 counts as active
+    c = torch.randn(batch, 3, *op.out_shape, generator=g, dtype=torch.float64)
+    r = torch.rand(batch, 3, *op.out_shape, generator=g, dtype=torch.float64)
+    assert _same(op.pull_back_interval(c, r, lower, upper), PiecewiseOp.pull_back_interval(op, c, r, lower, upper))
