@@ -3,8 +3,9 @@
 MaxPool2d with windows that tile the image (``kernel_size == stride``, no padding or dilation) uses native pooling
 kernels and one product per row tensor instead of copying windows out and folding them back; ReLU pulls intervals
 back in fewer passes. Inputs with many exact ties (bounds on a grid of halves, zeros after a ReLU) check that the
-first-maximum index of ``max_pool2d`` agrees with ``Tensor.max``. The brute-force checks of the rules themselves
-(against autograd Jacobians and sampled points) run on a tiling MaxPool in ``test_certify_ops.py``.
+first-maximum index of ``max_pool2d`` agrees with ``Tensor.max``. Conv2d skips gathering its padding mask and its bias
+under patches that lie inside the image. The brute-force checks of the rules themselves (against autograd Jacobians
+and sampled points) run on a tiling MaxPool in ``test_certify_ops.py``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from art_jacreg.certify.ops import MaxPool2d, ReLU
 from art_jacreg.certify.ops.base import PiecewiseOp
 from art_jacreg.certify.ops.maxpool import maxpool_windows
+from art_jacreg.certify.ops.patch_geometry import PatchGeometry
 
 
 def _tied_bounds(g: torch.Generator, shape: tuple[int, ...], relu_after: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,3 +71,24 @@ def test_relu_pull_back_equals_its_hull(batch):
     c = torch.randn(batch, 3, *op.out_shape, generator=g, dtype=torch.float64)
     r = torch.rand(batch, 3, *op.out_shape, generator=g, dtype=torch.float64)
     assert _same(op.pull_back_interval(c, r, lower, upper), PiecewiseOp.pull_back_interval(op, c, r, lower, upper))
+
+
+def test_patches_inside_the_image_are_recognised():
+    """``PatchGeometry.inside`` (which lets Conv2d skip gathering its padding mask and bias) is exactly "gathering
+    an all-ones image gives all ones"."""
+    g = torch.Generator().manual_seed(13)
+    seen = set()
+    for _ in range(200):
+        size = tuple(int(v) for v in torch.randint(1, 6, (2,), generator=g))
+        stride = tuple(int(v) for v in torch.randint(1, 3, (2,), generator=g))
+        off = tuple(int(v) for v in torch.randint(-1, 2, (2,), generator=g))
+        grid = tuple(int(v) for v in torch.randint(1, 5, (2,), generator=g))
+        pos = torch.randint(0, grid[0] * grid[1], (2, 3), generator=g)
+        geometry = PatchGeometry(size, stride, off, grid, pos)
+        full = bool((geometry.gather(torch.ones(1, 1, 7, 6, dtype=torch.float64)) == 1).all())
+        every = PatchGeometry(size, stride, off, grid, torch.arange(grid[0] * grid[1])[None])
+        full_every = bool((every.gather(torch.ones(1, 1, 7, 6, dtype=torch.float64)) == 1).all())
+        assert geometry.inside(7, 6) == every.inside(7, 6) == full_every
+        assert full or not full_every
+        seen.add(full_every)
+    assert seen == {True, False}

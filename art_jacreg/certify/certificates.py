@@ -153,7 +153,7 @@ def candidate_bounds(net: PiecewiseLinearNetwork, s: InputSet, method: str) -> l
     if method == "lipschitz":
         return []
     ibp = interval_bounds(net, s)
-    return [ibp] if method == "interval" else [ibp, linear_bounds(net, s, ibp)]
+    return [ibp] if method == "interval" else [ibp, linear_bounds(net, s, ibp, logits=False)]
 
 
 def _relaxation_lower(

@@ -182,6 +182,6 @@ def margin_excess(
         _run_families(net, pairs, subset_bounds(ibp, pairs.inverse), method)
         if method == "linear" and pairs.open().numel() > 0:
             # CROWN on the same batch as margin_lower (its padding rows make bounds depend on the batch)
-            _run_families(net, pairs, subset_bounds(linear_bounds(net, sub, ibp), pairs.inverse), method)
+            _run_families(net, pairs, subset_bounds(linear_bounds(net, sub, ibp, logits=False), pairs.inverse), method)
         low[pairs.samples, pairs.which] = pairs.best[:, 0]
     return (low - thr).amin(dim=1)

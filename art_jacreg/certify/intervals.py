@@ -196,12 +196,14 @@ def _crown_layer(
     return lo.reshape(b, *shape), hi.reshape(b, *shape)
 
 
-def linear_bounds(net: PiecewiseLinearNetwork, s: InputSet, ibp: Bounds | None = None) -> Bounds:
+def linear_bounds(net: PiecewiseLinearNetwork, s: InputSet, ibp: Bounds | None = None, logits: bool = True) -> Bounds:
     """CROWN bounds on the input of every ReLU/MaxPool and on the logits, intersected with IBP.
 
     :param net: The network.
     :param s: The input set.
     :param ibp: Precomputed :func:`interval_bounds` (computed when ``None``).
+    :param logits: Tighten the logits too (``False``: their bounds stay interval bounds; the certificates, which
+        relax the margins themselves and use only the bounds of the operations' inputs, pass ``False``).
     :return: Bounds on every ``h_i``, each at least as tight as IBP's.
     """
     ibp = interval_bounds(net, s) if ibp is None else ibp
@@ -222,7 +224,7 @@ def linear_bounds(net: PiecewiseLinearNetwork, s: InputSet, ibp: Bounds | None =
         lo, hi = torch.maximum(lo, ibp.lower[i + 1]), torch.minimum(hi, ibp.upper[i + 1])
         lows.append(lo)
         ups.append(hi)
-    if (relaxed_before and mixing > 0) or mixing > 1:
+    if logits and ((relaxed_before and mixing > 0) or mixing > 1):
         n = len(net.ops)
         lows[n], ups[n] = _crown_layer(net, s, Bounds(lows, ups), n, lows[n], ups[n])
     return Bounds(lows, ups)

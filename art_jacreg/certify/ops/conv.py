@@ -163,8 +163,15 @@ class Conv2d(AffineOp):
         )
         geometry = geometry.through_conv((a.shape[-2], a.shape[-1]), self.stride, self.padding)
         a = a.reshape(b, rows, self.in_shape[0], *geometry.size)
-        a = a * geometry.gather(torch.ones((1, 1, *self.in_shape[1:]), dtype=a.dtype))  # drop the zero padding
+        if not geometry.inside(*self.in_shape[1:]):  # drop the entries on the zero padding
+            a = a * geometry.gather(torch.ones((1, 1, *self.in_shape[1:]), dtype=a.dtype))
         return a, const, geometry
+
+    def patch_offset(self, a: torch.Tensor, const: torch.Tensor, geometry: PatchGeometry) -> torch.Tensor:  # noqa: D102
+        if not geometry.inside(*self.out_shape[1:]):
+            return super().patch_offset(a, const, geometry)
+        # the offset is constant over each channel: every patch holds the same numbers, no gather needed
+        return const + (a * self.offset[None, None, :, :1, :1]).flatten(2).sum(-1)
 
     def then_elementwise(self, scale: torch.Tensor, shift: torch.Tensor) -> Conv2d | None:  # noqa: D102
         if len(scale.shape) != 3 or not bool((scale == scale[:, :1, :1]).all() and (shift == shift[:, :1, :1]).all()):

@@ -43,6 +43,16 @@ class PatchGeometry:
         picked = cols.gather(2, pos[:, None, :].expand(-1, cols.shape[1], -1))
         return picked.transpose(1, 2).reshape(pos.shape[0], pos.shape[1], c, size[0], size[1])
 
+    def inside(self, height: int, width: int) -> bool:
+        """Whether every patch lies inside a ``height x width`` image (then :meth:`gather` never pads).
+
+        :param height: Image height.
+        :param width: Image width.
+        :return: ``True`` if no patch reaches outside the image.
+        """
+        (sh, sw), (ph, pw), (oh, ow), (gh, gw) = self.size, self.stride, self.off, self.grid
+        return oh <= 0 and ow <= 0 and (gh - 1) * ph + sh - oh <= height and (gw - 1) * pw + sw - ow <= width
+
     def through_conv(self, size: Pair, stride: Pair, padding: Pair) -> PatchGeometry:
         """The geometry one convolution earlier: patches of ``size`` after a transposed convolution.
 
