@@ -7,8 +7,10 @@ exactly when one of the bounds does. :func:`margins_certified` therefore evaluat
 expensive (the global Lipschitz bound; per candidate bounds the linear relaxation, the split interval Jacobian, then
 one centre-and-ball candidate after the other; CROWN's pre-activation bounds only when a sample is still open) and
 drops every (sample, row) pair as soon as one family settles it. The decision is the same as thresholding
-:func:`~.certificates.functional_lower_bounds` (each family is computed by the same code on the same inputs), only
-cheaper: a margin far from the boundary never reaches the expensive families.
+:func:`~.certificates.functional_lower_bounds` (each family is computed by the same code on the same inputs, up to
+the order of floating-point sums), only cheaper: a margin far from the boundary never reaches the expensive families.
+The linear relaxations take the open rows of one sample together, so that the relaxation of each operation is
+computed once per sample (for l-inf, where most of the nine margins stay open, 2.5 times faster than once per row).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class _Pairs:
     def __init__(self, s: InputSet, rows: torch.Tensor, value: torch.Tensor, low: torch.Tensor, thr: torch.Tensor):
         self.samples, self.which = (low <= thr).nonzero(as_tuple=True)
         self.uniq, self.inverse = torch.unique(self.samples, return_inverse=True)
-        self.s = s.subset(self.samples)
+        self.s, self.sample_set = s.subset(self.samples), s.subset(self.uniq)
         self.rows = rows.expand(low.shape[0], *rows.shape[1:])[self.samples, self.which][:, None]
         self.value = value[self.samples, self.which][:, None]
         self.thr = thr[self.samples, self.which][:, None]
@@ -98,19 +100,39 @@ def _local_families(
     return [(idx, ball(k)) for k in sorted(seeds)]  # the cheapest first: fewer operations below k
 
 
+def _by_sample(pairs: _Pairs, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The pairs ``idx`` grouped by their sample: the samples (indices into ``pairs.uniq``), each pair's group and
+    rank in it, and the largest group.
+    """
+    samples, group = torch.unique(pairs.inverse[idx], return_inverse=True)
+    counts = torch.bincount(group, minlength=len(samples))
+    order = torch.argsort(group, stable=True)
+    rank = torch.empty_like(group)
+    rank[order] = torch.arange(len(idx)) - (torch.cumsum(counts, 0) - counts)[group[order]]
+    return samples, group, rank, int(counts.max())
+
+
 def _offer_relaxation(net: PiecewiseLinearNetwork, pairs: _Pairs, bounds: Bounds, start: int) -> bool:
-    """Offer the linear relaxation of operations ``start..`` to the open pairs; return whether any stay open."""
+    """Offer the linear relaxation of operations ``start..`` to the open pairs; return whether any stay open.
+
+    The rows of one sample go back together (padded with zero rows to the largest group), so each relaxation is
+    computed once per sample, not once per pair; every row's bound is the same computation either way.
+    """
     idx = pairs.open()
     if idx.numel() == 0:
         return False
-    whole = len(idx) == len(pairs.best)
-    sub, s = (bounds, pairs.s) if whole else (subset_bounds(bounds, idx), pairs.s.subset(idx))
-    pairs.offer(idx, backward_lower(net, s, sub, pairs.rows[idx], len(net.ops), start))
+    samples, group, rank, width = _by_sample(pairs, idx)
+    rows = torch.zeros(len(samples), width, pairs.rows.shape[-1], dtype=pairs.rows.dtype)
+    rows[group, rank] = pairs.rows[idx, 0]
+    whole = len(samples) == len(pairs.uniq)
+    sub, s = (bounds, pairs.sample_set) if whole else (subset_bounds(bounds, samples), pairs.sample_set.subset(samples))
+    low = backward_lower(net, s, sub, rows, len(net.ops), start)
+    pairs.offer(idx, low[group, rank][:, None])
     return bool(pairs.open().numel() > 0)
 
 
 def _run_families(net: PiecewiseLinearNetwork, pairs: _Pairs, bounds: Bounds, method: str) -> None:
-    """Offer every family of one set of candidate bounds (indexed like the pairs) to the pairs still open."""
+    """Offer every family of one set of candidate bounds (on the samples ``pairs.uniq``) to the pairs still open."""
     for start in relaxation_starts(net, pairs.s.norm, method):
         if not _offer_relaxation(net, pairs, bounds, start):
             return
@@ -119,8 +141,7 @@ def _run_families(net: PiecewiseLinearNetwork, pairs: _Pairs, bounds: Bounds, me
     local = pairs.open()
     if local.numel() == 0:
         return
-    local_bounds = bounds if len(local) == len(pairs.best) else subset_bounds(bounds, local)
-    for base, family in _local_families(net, pairs, local_bounds, local):
+    for base, family in _local_families(net, pairs, subset_bounds(bounds, pairs.inverse[local]), local):
         still = (pairs.best[base] <= pairs.thr[base]).any(dim=1).nonzero().flatten()
         if still.numel() == 0:
             return
@@ -177,11 +198,11 @@ def margin_excess(
         if method == "lipschitz" or bool((low > thr).all()):
             return (low - thr).amin(dim=1)
         pairs = _Pairs(s, rows, value, low, thr)
-        sub = s.subset(pairs.uniq)
+        sub = pairs.sample_set
         ibp = interval_bounds(net, sub)
-        _run_families(net, pairs, subset_bounds(ibp, pairs.inverse), method)
+        _run_families(net, pairs, ibp, method)
         if method == "linear" and pairs.open().numel() > 0:
             # CROWN on the same batch as margin_lower (its padding rows make bounds depend on the batch)
-            _run_families(net, pairs, subset_bounds(linear_bounds(net, sub, ibp, logits=False), pairs.inverse), method)
+            _run_families(net, pairs, linear_bounds(net, sub, ibp, logits=False), method)
         low[pairs.samples, pairs.which] = pairs.best[:, 0]
     return (low - thr).amin(dim=1)
