@@ -16,10 +16,10 @@ before the first Linear (ART then infers the same reshape). ART itself is not pa
 Usage: ``python benchmarks/bench_certify.py [--n-points 1000] [--epochs 5] [--threads 1]``.
 
 ``--speed`` prints only the speed table of issue 13 instead: ``mnist_cnn`` and ``mnist_maxpool_cnn`` (both trained
-``--epochs`` epochs), ``"interval"`` on ``--interval-points`` digits and ``"linear"`` on ``--linear-points`` digits (l2,
-one thread, extrapolated to seconds per 1,000 digits / per digit), and ``certify(..., n_jobs=2)`` against
-``n_jobs=1`` on the same batches, each next to its target with the ratio, plus the machine's load average (the
-measurements are wall-clock times).
+``--epochs`` epochs), ``"interval"`` on ``--interval-points`` digits (l2 and l-inf) and ``"linear"`` on
+``--linear-points`` digits (l2; one thread, extrapolated to seconds per 1,000 digits / per digit), and
+``certify(..., n_jobs=2)`` against ``n_jobs=1`` on the same batches, each next to its target with the ratio, plus the
+machine's load average (the measurements are wall-clock times).
 """
 
 from __future__ import annotations
@@ -132,10 +132,12 @@ def pgd_accuracy(rep: JacobianBoundReporter, x: np.ndarray, y: np.ndarray, eps: 
     return float(np.mean(rep.predict(adv, batch_size=256).argmax(1) == y))
 
 
-def _timed(rep: JacobianBoundReporter, x: np.ndarray, method: str, **kwargs: Any) -> tuple[float, float, np.ndarray]:
+def _timed(
+    rep: JacobianBoundReporter, x: np.ndarray, method: str, norm: float = 2.0, **kwargs: Any
+) -> tuple[float, float, np.ndarray]:
     """Wall-clock and CPU seconds (of this process) of one ``certify`` call, and the radii."""
     t, c = time.perf_counter(), time.process_time()
-    _, radius = rep.certify(x, norm=2, method=method, **kwargs)
+    _, radius = rep.certify(x, norm=norm, method=method, **kwargs)
     return time.perf_counter() - t, time.process_time() - c, radius
 
 
@@ -152,9 +154,10 @@ def speed_table(args: argparse.Namespace) -> None:
     for name, arch in (("mnist_cnn", mnist_cnn), ("mnist_maxpool_cnn", mnist_maxpool_cnn)):
         rep = train(x_train, y_train, args.epochs, None, args.seed, arch)
         n = args.interval_points
-        wall, cpu, _ = _timed(rep, x_test[:n], "interval", batch_size=128)
-        value = f"{wall * 1000.0 / n:.1f} s wall, {cpu * 1000.0 / n:.1f} s CPU / 1000"
-        rows.append((name, f"interval, {n} digits", value, "<= 60 s / 1000", cpu * 1000.0 / n / 60.0))
+        for norm_name, norm in (("l2", 2.0), ("l-inf", np.inf)):
+            wall, cpu, _ = _timed(rep, x_test[:n], "interval", norm, batch_size=128)
+            value = f"{wall * 1000.0 / n:.1f} s wall, {cpu * 1000.0 / n:.1f} s CPU / 1000"
+            rows.append((name, f"interval {norm_name}, {n} digits", value, "<= 60 s / 1000", cpu * 1000.0 / n / 60.0))
         if name == "mnist_maxpool_cnn":
             n = args.linear_points
             wall, cpu, _ = _timed(rep, x_test[:n], "linear", batch_size=128)

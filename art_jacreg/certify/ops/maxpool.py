@@ -75,19 +75,20 @@ class MaxPool2d(PiecewiseOp):
         return x.reshape(*x.shape[:-2], ho, kh, wo, kw)
 
     def _tile_possible(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tiling windows only: the inputs that can be the maximum ``(B, C, ho, kh, wo, kw)`` and the dominated
-        windows ``(B, C, ho, 1, wo, 1)`` (as :func:`maxpool_windows`, in the layout of :meth:`_tile`).
+        """Tiling windows only: the inputs that can be the maximum ``(B, C, ho, kh, wo, kw)`` (``1.0``, else
+        ``0.0``) and the dominated windows ``(B, C, ho, 1, wo, 1)`` (as :func:`maxpool_windows`, in the layout of
+        :meth:`_tile`).
         """
         lstar = F.max_pool2d(lo, self.kernel_size, self.stride)
-        possible = self._tile(hi) >= lstar[:, :, :, None, :, None]
+        possible = (self._tile(hi) >= lstar[:, :, :, None, :, None]).to(lo.dtype)
         return possible, self._count(possible)[:, :, :, None, :, None] == 1
 
     def _count(self, tiled: torch.Tensor) -> torch.Tensor:
-        """Tiling windows only: how many entries of each window ``tiled`` ``(B, C, ho, kh, wo, kw)`` marks,
-        ``(B, C, ho, wo)`` (a native pooling kernel: summing over the small window dimensions is slow).
+        """Tiling windows only: how many entries of each window ``tiled`` ``(B, C, ho, kh, wo, kw)`` marks with
+        ``1.0``, ``(B, C, ho, wo)`` (a native pooling kernel: summing over the small window dimensions is slow).
         """
         (kh, kw), (_, ho, wo) = self.kernel_size, self.out_shape
-        flat = tiled.reshape(*tiled.shape[:2], ho * kh, wo * kw).to(DTYPE)
+        flat = tiled.reshape(*tiled.shape[:2], ho * kh, wo * kw)
         return F.avg_pool2d(flat, self.kernel_size, self.stride, divisor_override=1)
 
     def fold(self, cols: torch.Tensor) -> torch.Tensor:
@@ -119,21 +120,22 @@ class MaxPool2d(PiecewiseOp):
         if self._tiles():  # one pass: the value where the window's index equals `best`, zero elsewhere
             (kh, kw), (_, ho, wo) = self.kernel_size, self.out_shape
             index = torch.arange(k, device=best.device).reshape(1, 1, 1, kh, 1, kw)
-            return self._spread(best.reshape(nb, c, ho, 1, wo, 1) == index, values)
+            return self._spread((best.reshape(nb, c, ho, 1, wo, 1) == index).to(values.dtype), values)
         cols = torch.zeros(nb, m, c, k, n_out, dtype=values.dtype, device=values.device)
         cols.scatter_(3, best[:, None, :, None, :].expand(nb, m, c, 1, n_out), values[:, :, :, None, :])
         return self.fold(cols.reshape(nb * m, c, cols.shape[3], n_out)).reshape(nb, m, *self.in_shape)
 
     def _spread(self, where: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Tiling windows only: rows ``(B, M, C, L)`` copied onto the inputs of their window that ``where``
-        ``(B, C, ho, kh, wo, kw)`` marks, zero elsewhere: ``(B, M, *in_shape)`` (what :meth:`fold` makes of them).
+        ``(B, C, ho, kh, wo, kw)`` marks with ``1.0`` (``0.0`` elsewhere), zero elsewhere: ``(B, M, *in_shape)``
+        (what :meth:`fold` makes of them).
         """
         (kh, kw), (_, ho, wo), (ch, h, w) = self.kernel_size, self.out_shape, self.in_shape
         nb, m = values.shape[:2]
         # one copy into the input layout, then a product with a mask contiguous along the rows (much faster than
         # torch.where broadcasting over the small window dimensions)
         out = values.reshape(nb, m, ch, ho, 1, wo, 1).expand(nb, m, ch, ho, kh, wo, kw).reshape(nb, m, ch, -1)
-        out = out.mul_(where.reshape(where.shape[0], 1, ch, -1).to(values.dtype)).reshape(nb, m, ch, ho * kh, wo * kw)
+        out = out.mul_(where.reshape(where.shape[0], 1, ch, -1)).reshape(nb, m, ch, ho * kh, wo * kw)
         return F.pad(out, (0, w - wo * kw, 0, h - ho * kh)) if (ho * kh, wo * kw) != (h, w) else out
 
     def relax_backward(  # noqa: D102
@@ -193,7 +195,7 @@ class MaxPool2d(PiecewiseOp):
             possible, dominated = self._tile_possible(lower, upper)
             free = (~dominated).to(c.dtype).reshape(nb, 1, ch, -1)
             rho = lip * (rho + dual_norm(c * free, norm))
-            return self._spread(possible & dominated, c), rho
+            return self._spread(possible * dominated, c), rho
         best, _, dominated, _ = maxpool_windows(self, lower, upper)
         dom = dominated[:, None]
         rho = lip * (rho + dual_norm(torch.where(dom, 0.0, c), norm))
@@ -258,6 +260,7 @@ def maxpool_windows(op: MaxPool2d, lo: torch.Tensor, hi: torch.Tensor) -> tuple[
         nb, ch = lo.shape[:2]
         tiled = op._tile(hi) >= lstar[:, :, :, None, :, None]
         possible = tiled.permute(0, 1, 3, 5, 2, 4).reshape(nb, ch, kh * kw, ho * wo)
+        tiled = tiled.to(lo.dtype)
         upper_max = F.max_pool2d(hi, op.kernel_size, op.stride)
         best, dominated = (row * kw + col).reshape(nb, ch, -1), (op._count(tiled) == 1).reshape(nb, ch, -1)
         return best, possible, dominated, upper_max.reshape(nb, ch, -1)
