@@ -92,3 +92,15 @@ def test_patches_inside_the_image_are_recognised():
         assert full or not full_every
         seen.add(full_every)
     assert seen == {True, False}
+
+
+def test_a_one_by_one_pooling_leaves_the_callers_rows_alone():
+    g = torch.Generator().manual_seed(14)
+    op = MaxPool2d((2, 4, 4), (1, 1), (1, 1), (0, 0), (1, 1))
+    lower, upper = _tied_bounds(g, op.in_shape, False)
+    c = torch.randn(5, 3, *op.out_shape, generator=g, dtype=torch.float64)
+    rho = torch.rand(5, 3, generator=g, dtype=torch.float64)
+    before, version = c.clone(), c._version
+    out, _ = op.ball_step(c, rho, lower, upper, 2.0, 1.0)
+    assert c._version == version and torch.equal(c, before)  # not even written in place (autograd would object)
+    assert torch.equal(out, c)  # every 1x1 window is dominated: the rows pass unchanged

@@ -135,7 +135,9 @@ class MaxPool2d(PiecewiseOp):
         # one copy into the input layout, then a product with a mask contiguous along the rows (much faster than
         # torch.where broadcasting over the small window dimensions)
         out = values.reshape(nb, m, ch, ho, 1, wo, 1).expand(nb, m, ch, ho, kh, wo, kw).reshape(nb, m, ch, -1)
-        out = out.mul_(where.reshape(where.shape[0], 1, ch, -1)).reshape(nb, m, ch, ho * kh, wo * kw)
+        mask = where.reshape(where.shape[0], 1, ch, -1)
+        out = out.mul_(mask) if kh * kw > 1 else out * mask  # a 1x1 window: `out` is a view of `values`
+        out = out.reshape(nb, m, ch, ho * kh, wo * kw)
         return F.pad(out, (0, w - wo * kw, 0, h - ho * kh)) if (ho * kh, wo * kw) != (h, w) else out
 
     def relax_backward(  # noqa: D102
