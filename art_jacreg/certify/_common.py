@@ -90,6 +90,8 @@ class InputSet:
     :param norm: ``2.0`` or ``inf``.
     :param lo: Lower corner of the smallest box containing the set.
     :param hi: Upper corner of that box.
+    :param centres: The values ``h_0(x), ..., h_n(x)`` of a network at the centres, when already computed (they do
+        not depend on ``eps``: a radius search computes them once); ``None`` otherwise.
     """
 
     x: torch.Tensor
@@ -97,6 +99,7 @@ class InputSet:
     norm: float
     lo: torch.Tensor
     hi: torch.Tensor
+    centres: list[torch.Tensor] | None = None
 
     def eps_like(self, t: torch.Tensor) -> torch.Tensor:
         """``eps`` reshaped to broadcast against ``t`` of shape ``(B, ...)``."""
@@ -115,7 +118,8 @@ class InputSet:
 
     def subset(self, idx: torch.Tensor) -> InputSet:
         """The input set of the samples ``idx``."""
-        return InputSet(self.x[idx], self.eps[idx], self.norm, self.lo[idx], self.hi[idx])
+        centres = None if self.centres is None else [t[idx] for t in self.centres]
+        return InputSet(self.x[idx], self.eps[idx], self.norm, self.lo[idx], self.hi[idx], centres)
 
 
 def box_deviation(centre: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, p: float) -> torch.Tensor:

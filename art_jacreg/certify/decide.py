@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
@@ -48,7 +49,7 @@ class _Pairs:
     def __init__(self, s: InputSet, rows: torch.Tensor, value: torch.Tensor, low: torch.Tensor, thr: torch.Tensor):
         self.samples, self.which = (low <= thr).nonzero(as_tuple=True)
         self.uniq, self.inverse = torch.unique(self.samples, return_inverse=True)
-        self.s, self.sample_set = s.subset(self.samples), s.subset(self.uniq)
+        self.s, self.sample_set = replace(s, centres=None).subset(self.samples), s.subset(self.uniq)
         self.rows = rows.expand(low.shape[0], *rows.shape[1:])[self.samples, self.which][:, None]
         self.value = value[self.samples, self.which][:, None]
         self.thr = thr[self.samples, self.which][:, None]

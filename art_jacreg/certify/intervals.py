@@ -79,7 +79,7 @@ def interval_bounds(net: OpChain, s: InputSet, segment: SegmentBound | None = No
     :param segment: Segment Lipschitz bounds (default :func:`~art_jacreg.certify.lipschitz.sound_segments`; training
         passes its norm estimates).
     :param tighten: Intersect with the deviation bounds (``False``: plain IBP).
-    :return: Bounds on every ``h_i``, with the centres ``h_i(x)``.
+    :return: Bounds on every ``h_i``, with the centres ``h_i(x)`` (``s.centres`` when the set carries them).
     """
     if segment is None:
         segment = sound_segments(check_network(net))
@@ -91,7 +91,7 @@ def interval_bounds(net: OpChain, s: InputSet, segment: SegmentBound | None = No
     rho, elementwise = torch.ones(net.input_shape, dtype=s.x.dtype, device=s.x.device), True
     for i, op in enumerate(net.ops):
         lo, hi = op.interval(lo, hi)
-        centre = op.forward(centre)
+        centre = op.forward(centre) if s.centres is None else s.centres[i + 1]
         if not tighten:
             pass
         elif op.affine:  # still inside the affine block that started at `anchor`

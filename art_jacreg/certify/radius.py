@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -103,8 +104,13 @@ def certified_radius(
     if method == "lipschitz":
         return lo
 
+    with torch.no_grad():  # the values at the centres do not depend on the radius: computed once
+        centres = [s.x]
+        for op in net.ops:
+            centres.append(op.forward(centres[-1]))
+
     def excess(idx: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        sub = input_set(s.x[idx], eps, s.norm, clip_values)
+        sub = replace(input_set(s.x[idx], eps, s.norm, clip_values), centres=[t[idx] for t in centres])
         return margin_excess(net, sub, labels[idx], method, logits[idx], slack[idx])
 
     if method == "linear":  # "linear" certifies wherever "interval" does: start from the interval radius
