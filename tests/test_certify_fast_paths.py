@@ -1,18 +1,24 @@
-"""The fast paths of the piecewise operations give the numbers of their generic rules, to the last bit.
+"""The fast paths of the certification engines give the numbers of their generic rules, to the last bit.
 
 MaxPool2d with windows that tile the image (``kernel_size == stride``, no padding or dilation) uses native pooling
 kernels and one product per row tensor instead of copying windows out and folding them back; ReLU pulls intervals
 back in fewer passes. Inputs with many exact ties (bounds on a grid of halves, zeros after a ReLU) check that the
 first-maximum index of ``max_pool2d`` agrees with ``Tensor.max``. Conv2d skips gathering its padding mask and its bias
 under patches that lie inside the image. The brute-force checks of the rules themselves (against autograd Jacobians
-and sampled points) run on a tiling MaxPool in ``test_certify_ops.py``.
+and sampled points) run on a tiling MaxPool in ``test_certify_ops.py``. Interval propagation takes the values at the
+centres from the input set when a radius search computed them once.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
+from test_certify_helpers import CLIP, eval_points, network
 
+from art_jacreg.certify._common import input_set
+from art_jacreg.certify.intervals import interval_bounds
 from art_jacreg.certify.ops import MaxPool2d, ReLU
 from art_jacreg.certify.ops.base import PiecewiseOp
 from art_jacreg.certify.ops.maxpool import maxpool_windows
@@ -104,3 +110,20 @@ def test_a_one_by_one_pooling_leaves_the_callers_rows_alone():
     out, _ = op.ball_step(c, rho, lower, upper, 2.0, 1.0)
     assert c._version == version and torch.equal(c, before)  # not even written in place (autograd would object)
     assert torch.equal(out, c)  # every 1x1 window is dominated: the rows pass unchanged
+
+
+@pytest.mark.parametrize("norm", [2.0, float("inf")])
+def test_interval_bounds_from_known_centres_are_the_same(norm):
+    net = network("fcnn")
+    x, _ = eval_points(6)
+    x = x.to(torch.float64)
+    s = input_set(x, torch.linspace(0.01, 0.5, 6, dtype=torch.float64), norm, CLIP)
+    fresh = interval_bounds(net, s)
+    given = [t.clone() for t in fresh.centre]
+    known = interval_bounds(net, replace(s, centres=given))
+    assert all(k is g for k, g in zip(known.centre[1:], given[1:], strict=True))  # taken, not recomputed
+    for a, b in zip(fresh.lower + fresh.upper, known.lower + known.upper, strict=True):
+        assert torch.equal(a, b)
+    idx = torch.tensor([4, 1])
+    sub = replace(s, centres=given).subset(idx)
+    assert sub.centres is not None and all(torch.equal(a, b[idx]) for a, b in zip(sub.centres, given, strict=True))
