@@ -16,7 +16,7 @@ computed once per sample (for l-inf, where most of the nine margins stay open, 2
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import torch
@@ -101,34 +101,44 @@ def _local_families(
     return [(idx, ball(k)) for k in sorted(seeds)]  # the cheapest first: fewer operations below k
 
 
-def _by_sample(pairs: _Pairs, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """The pairs ``idx`` grouped by their sample: the samples (indices into ``pairs.uniq``), each pair's group and
-    rank in it, and the largest group.
+def _by_sample(pairs: _Pairs, idx: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The pairs ``idx`` grouped by their sample, without padding: the samples with the same number ``w`` of pairs
+    in ``idx`` come together.
+
+    :return: An iterator of ``(samples, which, slot)``: the samples (indices into ``pairs.uniq``), the positions in
+        ``idx`` of their pairs, and where each of those pairs goes in a ``(len(samples), w)`` layout (flat index).
     """
     samples, group = torch.unique(pairs.inverse[idx], return_inverse=True)
     counts = torch.bincount(group, minlength=len(samples))
     order = torch.argsort(group, stable=True)
     rank = torch.empty_like(group)
     rank[order] = torch.arange(len(idx)) - (torch.cumsum(counts, 0) - counts)[group[order]]
-    return samples, group, rank, int(counts.max())
+    for width in torch.unique(counts).tolist():
+        chosen = (counts == width).nonzero().flatten()
+        place = torch.full_like(counts, -1)
+        place[chosen] = torch.arange(len(chosen))
+        which = (counts[group] == width).nonzero().flatten()
+        yield samples[chosen], which, place[group[which]] * width + rank[which]
 
 
 def _offer_relaxation(net: PiecewiseLinearNetwork, pairs: _Pairs, bounds: Bounds, start: int) -> bool:
     """Offer the linear relaxation of operations ``start..`` to the open pairs; return whether any stay open.
 
-    The rows of one sample go back together (padded with zero rows to the largest group), so each relaxation is
-    computed once per sample, not once per pair; every row's bound is the same computation either way.
+    The open rows of one sample go back together (samples with as many open rows batched together, no padding), so
+    each relaxation is computed once per sample, not once per pair; every row's bound is the same computation.
     """
     idx = pairs.open()
     if idx.numel() == 0:
         return False
-    samples, group, rank, width = _by_sample(pairs, idx)
-    rows = torch.zeros(len(samples), width, pairs.rows.shape[-1], dtype=pairs.rows.dtype)
-    rows[group, rank] = pairs.rows[idx, 0]
-    whole = len(samples) == len(pairs.uniq)
-    sub, s = (bounds, pairs.sample_set) if whole else (subset_bounds(bounds, samples), pairs.sample_set.subset(samples))
-    low = backward_lower(net, s, sub, rows, len(net.ops), start)
-    pairs.offer(idx, low[group, rank][:, None])
+    for samples, which, slot in _by_sample(pairs, idx):
+        rows = torch.zeros(len(samples) * (len(which) // len(samples)), pairs.rows.shape[-1], dtype=pairs.rows.dtype)
+        rows[slot] = pairs.rows[idx[which], 0]
+        if len(samples) == len(pairs.uniq):
+            sub, s = bounds, pairs.sample_set
+        else:
+            sub, s = subset_bounds(bounds, samples), pairs.sample_set.subset(samples)
+        low = backward_lower(net, s, sub, rows.reshape(len(samples), -1, rows.shape[-1]), len(net.ops), start)
+        pairs.offer(idx[which], low.flatten()[slot][:, None])
     return bool(pairs.open().numel() > 0)
 
 
