@@ -52,6 +52,11 @@ def test_tiling_maxpool_rules_equal_the_generic_ones(shape, k, relu_after):
     fast, slow = MaxPool2d(shape, (k, k), (k, k), (0, 0), (1, 1)), _Generic(shape, (k, k), (k, k), (0, 0), (1, 1))
     assert fast._tiles() and not slow._tiles()
     lower, upper = _tied_bounds(g, shape, relu_after)
+    lower[0, 0, 0, 0] = float("nan")  # propagated like max_pool2d does
+    pooled = torch.nn.functional.max_pool2d(lower, k, k)
+    out = fast.forward(lower)
+    assert torch.equal(out.nan_to_num(7.0), pooled.nan_to_num(7.0)) and bool(out.isnan().any())
+    lower[0, 0, 0, 0] = 0.0
     assert _same(maxpool_windows(fast, lower, upper), maxpool_windows(slow, lower, upper))
     for batch in (5, 1):  # rows of every sample, and rows shared by all samples
         c = torch.randn(batch, 3, *fast.out_shape, generator=g, dtype=torch.float64)

@@ -41,11 +41,29 @@ class MaxPool2d(PiecewiseOp):
         self.stride: Pair = (int(stride[0]), int(stride[1]))
         self.padding: Pair = (int(padding[0]), int(padding[1]))
         self.dilation: Pair = (int(dilation[0]), int(dilation[1]))
-        out = self.forward(torch.zeros((1, *in_shape), dtype=DTYPE))
+        zeros = torch.zeros((1, *in_shape), dtype=DTYPE)
+        out = F.max_pool2d(zeros, self.kernel_size, self.stride, self.padding, self.dilation)
         super().__init__(in_shape, out.shape[1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if not x.requires_grad and self._tiles():
+            return self._window_max(x)
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation)
+
+    def _window_max(self, x: torch.Tensor) -> torch.Tensor:
+        """Tiling windows only: the maximum of each window, ``(..., C, ho, wo)``, as element-wise maxima of strided
+        slices: several times faster than ``max_pool2d`` on CPU in float64, and exact. Not for tensors that need
+        gradients (``max_pool2d`` sends a tie's gradient to one input, ``torch.maximum`` splits it).
+        """
+        kh, kw = self.kernel_size
+        t = self._tile(x)  # (..., C, ho, kh, wo, kw)
+        rows = t[..., 0, :, :]
+        for a in range(1, kh):
+            rows = torch.maximum(rows, t[..., a, :, :])
+        out = rows[..., 0]
+        for b in range(1, kw):
+            out = torch.maximum(out, rows[..., b])
+        return out
 
     def windows(self, x: torch.Tensor) -> torch.Tensor:
         """The pooling windows of ``x``: ``(N, C, k, L)`` with ``k = kh * kw`` and ``L`` output positions.
@@ -79,7 +97,7 @@ class MaxPool2d(PiecewiseOp):
         ``0.0``) and the dominated windows ``(B, C, ho, 1, wo, 1)`` (as :func:`maxpool_windows`, in the layout of
         :meth:`_tile`).
         """
-        lstar = F.max_pool2d(lo, self.kernel_size, self.stride)
+        lstar = self._window_max(lo.detach())  # only compared: no gradient
         possible = (self._tile(hi) >= lstar[:, :, :, None, :, None]).to(lo.dtype)
         return possible, self._count(possible)[:, :, :, None, :, None] == 1
 
@@ -263,7 +281,7 @@ def maxpool_windows(op: MaxPool2d, lo: torch.Tensor, hi: torch.Tensor) -> tuple[
         tiled = op._tile(hi) >= lstar[:, :, :, None, :, None]
         possible = tiled.permute(0, 1, 3, 5, 2, 4).reshape(nb, ch, kh * kw, ho * wo)
         tiled = tiled.to(lo.dtype)
-        upper_max = F.max_pool2d(hi, op.kernel_size, op.stride)
+        upper_max = op.forward(hi)
         best, dominated = (row * kw + col).reshape(nb, ch, -1), (op._count(tiled) == 1).reshape(nb, ch, -1)
         return best, possible, dominated, upper_max.reshape(nb, ch, -1)
     lw, uw = op.windows(lo), op.windows(hi)
