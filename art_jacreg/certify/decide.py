@@ -50,6 +50,7 @@ class _Pairs:
     def __init__(self, s: InputSet, rows: torch.Tensor, value: torch.Tensor, low: torch.Tensor, thr: torch.Tensor):
         self.samples, self.which = (low <= thr).nonzero(as_tuple=True)
         self.uniq, self.inverse = torch.unique(self.samples, return_inverse=True)
+        # one input set per pair (the local families) and one per sample (the relaxations; only it needs centres)
         self.s, self.sample_set = replace(s, centres=None).subset(self.samples), s.subset(self.uniq)
         self.rows = rows.expand(low.shape[0], *rows.shape[1:])[self.samples, self.which][:, None]
         self.value = value[self.samples, self.which][:, None]

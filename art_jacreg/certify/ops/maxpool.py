@@ -272,18 +272,16 @@ def maxpool_windows(op: MaxPool2d, lo: torch.Tensor, hi: torch.Tensor) -> tuple[
         ones that can be the maximum); ``dominated`` ``(B, C, L)`` windows with a single possible input; ``upper_max``
         ``(B, C, L)`` the largest upper bound (an upper bound of the output).
     """
-    if op._tiles():  # native pooling kernels instead of copying the windows out (the same first-maximum index)
+    if op._tiles():  # pooling kernels and the tile layout instead of copying the windows out
         (kh, kw), (_, ho, wo), (_, _, w) = op.kernel_size, op.out_shape, op.in_shape
-        lstar, flat = F.max_pool2d(lo, op.kernel_size, op.stride, return_indices=True)
+        nb, ch = lo.shape[:2]
+        tiled, dominated = op._tile_possible(lo, hi)
+        flat = F.max_pool2d(lo, op.kernel_size, op.stride, return_indices=True)[1]  # the first maximum, as max()
         row = flat // w - torch.arange(ho, device=flat.device)[:, None] * kh
         col = flat % w - torch.arange(wo, device=flat.device) * kw
-        nb, ch = lo.shape[:2]
-        tiled = op._tile(hi) >= lstar[:, :, :, None, :, None]
-        possible = tiled.permute(0, 1, 3, 5, 2, 4).reshape(nb, ch, kh * kw, ho * wo)
-        tiled = tiled.to(lo.dtype)
-        upper_max = op.forward(hi)
-        best, dominated = (row * kw + col).reshape(nb, ch, -1), (op._count(tiled) == 1).reshape(nb, ch, -1)
-        return best, possible, dominated, upper_max.reshape(nb, ch, -1)
+        possible = tiled.permute(0, 1, 3, 5, 2, 4).reshape(nb, ch, kh * kw, ho * wo) > 0
+        best, upper_max = (row * kw + col).reshape(nb, ch, -1), op.forward(hi).reshape(nb, ch, -1)
+        return best, possible, dominated.reshape(nb, ch, -1), upper_max
     lw, uw = op.windows(lo), op.windows(hi)
     lstar, best = lw.max(dim=2)
     possible = uw >= lstar[:, :, None]

@@ -50,8 +50,11 @@ class PatchGeometry:
         :param width: Image width.
         :return: ``True`` if no patch reaches outside the image.
         """
-        (sh, sw), (ph, pw), (oh, ow), (gh, gw) = self.size, self.stride, self.off, self.grid
-        return oh <= 0 and ow <= 0 and (gh - 1) * ph + sh - oh <= height and (gw - 1) * pw + sw - ow <= width
+        if self.off[0] > 0 or self.off[1] > 0:  # the first patch starts above or left of the image
+            return False
+        end_h = (self.grid[0] - 1) * self.stride[0] + self.size[0] - self.off[0]  # one past the last patch's end
+        end_w = (self.grid[1] - 1) * self.stride[1] + self.size[1] - self.off[1]
+        return end_h <= height and end_w <= width
 
     def through_conv(self, size: Pair, stride: Pair, padding: Pair) -> PatchGeometry:
         """The geometry one convolution earlier: patches of ``size`` after a transposed convolution.
