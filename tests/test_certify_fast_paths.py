@@ -7,6 +7,10 @@ first-maximum index of ``max_pool2d`` agrees with ``Tensor.max``. Conv2d skips g
 under patches that lie inside the image. The brute-force checks of the rules themselves (against autograd Jacobians
 and sampled points) run on a tiling MaxPool in ``test_certify_ops.py``. Interval propagation takes the values at the
 centres from the input set when a radius search computed them once.
+
+Two fast paths give the same numbers up to rounding, not to the last bit: a ReLU followed by a tiling MaxPool is
+applied in one patch-form rule (the ReLU's relaxation on the routed coefficients, before they are spread), and
+Conv2d's patch rows go through a GEMM or the convolution's input gradient instead of ``conv_transpose2d``.
 """
 
 from __future__ import annotations
@@ -132,3 +136,50 @@ def test_interval_bounds_from_known_centres_are_the_same(norm):
     idx = torch.tensor([4, 1])
     sub = replace(s, centres=given).subset(idx)
     assert sub.centres is not None and all(torch.equal(a, b[idx]) for a, b in zip(sub.centres, given, strict=True))
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_a_relu_then_a_tiling_maxpool_in_one_patch_rule_equals_the_two_rules(k):
+    # The combined rule applies the ReLU's relaxation to the routed coefficients before spreading them: the numbers
+    # of the two rules one after the other, up to rounding.
+    g = torch.Generator().manual_seed(5)
+    shape = (3, 4 * k, 4 * k)
+    pool, relu = MaxPool2d(shape, (k, k), (k, k), (0, 0), (1, 1)), ReLU(shape)
+    assert pool.patch_absorbs_elementwise() and relu.elementwise_relaxation(*_tied_bounds(g, shape, False)) is not None
+    pre_lo, pre_hi = _tied_bounds(g, shape, False)  # many exact ties and stable / unstable units
+    lo, hi = relu.interval(pre_lo, pre_hi)
+    b, rows, (ph, pw) = 5, 7, (2, 3)
+    grid = (4 - ph + 1, 4 - pw + 1)
+    pos = torch.randint(0, grid[0] * grid[1], (b, rows), generator=g)
+    geometry = PatchGeometry((ph, pw), (1, 1), (0, 0), grid, pos)
+    a = torch.randn(b, rows, 3, ph, pw, generator=g, dtype=torch.float64).round(decimals=1)  # exact zeros too
+    const = torch.randn(b, rows, generator=g, dtype=torch.float64)
+    a1, c1, g1 = pool.patch_backward(a, const, geometry, lo, hi)
+    two = relu.patch_backward(a1, c1, g1, pre_lo, pre_hi)
+    one = pool.patch_backward_after(a, const, geometry, lo, hi, relu.elementwise_relaxation(pre_lo, pre_hi))
+    torch.testing.assert_close(one[0], two[0], rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(one[1], two[1], rtol=1e-13, atol=1e-13)
+    assert (one[2].size, one[2].stride, one[2].off) == (two[2].size, two[2].stride, two[2].off)
+    assert not _Generic(shape, (k, k), (k, k), (0, 0), (1, 1)).patch_absorbs_elementwise()  # windows may overlap
+    assert not MaxPool2d(shape, (3, 3), (2, 2), (1, 1), (1, 1)).patch_absorbs_elementwise()
+    assert ReLU(shape).patch_absorbs_elementwise() is False and pool.elementwise_relaxation(lo, hi) is None
+
+
+@pytest.mark.parametrize(
+    ("size", "stride", "dilation", "groups"), [((1, 1), 1, 1, 1), ((1, 1), 2, 1, 2), ((3, 2), 2, 2, 1)]
+)
+def test_conv_patch_rows_equal_the_transposed_convolution(size, stride, dilation, groups):
+    # one-pixel rows go through one GEMM, larger ones through the convolution's input gradient
+    from art_jacreg.certify.ops import Conv2d
+
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(6, 4 // groups, 3, 3, generator=g, dtype=torch.float64)
+    conv = Conv2d(weight, None, (4, 16, 16), (stride, stride), (0, 0), (dilation, dilation), groups)
+    a = torch.randn(2, 5, 6, *size, generator=g, dtype=torch.float64)
+    geometry = PatchGeometry(size, (1, 1), (0, 0), (4, 4), torch.randint(0, 16, (2, 5), generator=g))
+    out, _, moved = conv.patch_backward(a, torch.zeros(2, 5, dtype=torch.float64), geometry, None, None)
+    expected = torch.nn.functional.conv_transpose2d(
+        a.reshape(10, 6, *size), weight, stride=stride, dilation=dilation, groups=groups
+    )
+    assert moved.size == tuple(expected.shape[-2:])
+    torch.testing.assert_close(out.reshape(expected.shape), expected, rtol=1e-13, atol=1e-13)

@@ -12,8 +12,10 @@ Each operation says whether it has a patch-form rule (:meth:`~.ops.base.Op.suppo
 (:meth:`~.ops.base.Op.patch_backward`, the geometry in :class:`~.ops.patch_geometry.PatchGeometry`). Today: element-wise
 affine maps (preprocessing, BatchNorm), ``Conv2d`` with any stride, padding, dilation and groups (so depthwise AvgPool
 too), ReLU, and MaxPool (its relaxation routes each coefficient to the best input of its window, a transposed
-"convolution" with a one-hot kernel that varies with the position, applied with ``fold``; the patch grows like a
-convolution's). Reshapes and Linear layers are left to the dense engine,
+"convolution" with a one-hot kernel that varies with the position; the patch grows like a convolution's). A ReLU
+followed by a pooling whose windows tile the image is applied in one rule
+(:meth:`~.ops.base.Op.patch_backward_after`): the ReLU's relaxation acts on the routed coefficients before they are
+spread, a quarter of the entries for 2x2 windows. Reshapes and Linear layers are left to the dense engine,
 :func:`~art_jacreg.certify.intervals.backward_lower`.
 """
 
@@ -91,8 +93,17 @@ def patch_lower(
     a.scatter_(2, chan[:, :, None, None, None], sign[:, :, None, None, None])
     const = torch.zeros(b, rows, dtype=s.x.dtype)
     geometry = PatchGeometry((1, 1), (1, 1), (0, 0), (h_end, w_end), pos)
-    for i in range(end - 1, -1, -1):
-        a, const, geometry = net.ops[i].patch_backward(a, const, geometry, lower[i], upper[i])
+    i = end - 1
+    while i >= 0:
+        op = net.ops[i]
+        absorbs = i > 0 and op.patch_absorbs_elementwise()
+        relaxation = net.ops[i - 1].elementwise_relaxation(lower[i - 1], upper[i - 1]) if absorbs else None
+        if relaxation is not None:  # e.g. a ReLU then a MaxPool: one rule for both
+            a, const, geometry = op.patch_backward_after(a, const, geometry, lower[i], upper[i], relaxation)
+            i -= 2
+        else:
+            a, const, geometry = op.patch_backward(a, const, geometry, lower[i], upper[i])
+            i -= 1
     lo, hi = geometry.gather(s.lo), geometry.gather(s.hi)
     low = const + (a * (hi + lo) / 2).flatten(2).sum(-1) - (a.abs() * (hi - lo) / 2).flatten(2).sum(-1)
     if s.norm == 2:

@@ -33,6 +33,7 @@ from art_jacreg.certify.ops.patch_geometry import Pair, PatchGeometry
 __all__ = ["Op", "PiecewiseOp", "weighted_sum", "dual_norm"]
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
+Relaxation = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # lower slope, upper slope, upper intercept
 Scalar = float | torch.Tensor  # a norm: a float bound, or a differentiable training estimate
 NORM_SLACK = 1.0 + 1e-9  # relative inflation of computed operator norms (rounding)
 
@@ -150,6 +151,44 @@ class Op:
         :return: ``(a', const', geometry')`` on the input.
         """
         raise NotImplementedError(f"no patch-form rule for {self!r}")
+
+    def elementwise_relaxation(self, lower: torch.Tensor, upper: torch.Tensor) -> Relaxation | None:
+        """The linear relaxation as maps on the input, for operations that act unit by unit (ReLU).
+
+        :param lower: Lower bounds of the input ``(B, *in_shape)``.
+        :param upper: Upper bounds.
+        :return: ``(lower_slope, upper_slope, upper_intercept)`` with ``lower_slope z <= op(z) <= upper_slope z +
+            upper_intercept`` unit by unit, or ``None`` (the default) when the operation is not element-wise.
+        """
+        return None
+
+    def patch_absorbs_elementwise(self) -> bool:
+        """Whether :meth:`patch_backward_after` can apply the element-wise relaxation of the operation before this
+        one together with its own patch rule (``False`` by default).
+        """
+        return False
+
+    def patch_backward_after(
+        self,
+        a: torch.Tensor,
+        const: torch.Tensor,
+        geometry: PatchGeometry,
+        lower: torch.Tensor,
+        upper: torch.Tensor,
+        relaxation: Relaxation,
+    ) -> tuple[torch.Tensor, torch.Tensor, PatchGeometry]:
+        """:meth:`patch_backward`, then the element-wise relaxation of the operation before this one, in one rule
+        (only where :meth:`patch_absorbs_elementwise`): the same numbers as the two rules one after the other.
+
+        :param a: Patch rows ``(B, R, C_out, *geometry.size)``.
+        :param const: Constants ``(B, R)``.
+        :param geometry: Where the patches lie on the output.
+        :param lower: Lower bounds of this operation's input ``(B, *in_shape)``.
+        :param upper: Upper bounds.
+        :param relaxation: :meth:`elementwise_relaxation` of the operation before, on its input.
+        :return: ``(a', const', geometry')`` on the input of the operation before.
+        """
+        raise NotImplementedError(f"no combined patch-form rule for {self!r}")
 
     def pull_back_interval(self, c: torch.Tensor, r: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> Tensors:
         """Pull the row interval ``c ± r`` of Jacobians w.r.t. the output back to the input.

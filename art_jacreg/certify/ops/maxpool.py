@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from art_jacreg.certify._dtype import DTYPE, Shape
-from art_jacreg.certify.ops.base import NORM_SLACK, PiecewiseOp, Scalar, Tensors, dual_norm
+from art_jacreg.certify.ops.base import NORM_SLACK, PiecewiseOp, Relaxation, Scalar, Tensors, dual_norm
+from art_jacreg.certify.ops.maxpool_patches import pooled_patch_rows
 from art_jacreg.certify.ops.patch_geometry import Pair, PatchGeometry
 
 __all__ = ["MaxPool2d", "maxpool_windows"]
@@ -231,24 +232,21 @@ class MaxPool2d(PiecewiseOp):
     def patch_backward(  # noqa: D102
         self, a: torch.Tensor, const: torch.Tensor, geometry: PatchGeometry, lower: torch.Tensor, upper: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, PatchGeometry]:
-        # The relaxation of relax_backward on the patch: each output entry routes its (positive, or dominated
-        # negative) coefficient to the best input of its window, a transposed "convolution" whose one-hot kernel
-        # varies with the position; non-dominated negative coefficients multiply the window's upper bound.
-        best, _, dominated, upper_max = maxpool_windows(self, lower, upper)
-        grid = (lower.shape[0], self.in_shape[0], *self.out_shape[1:])
-        best_p = geometry.gather(best.to(a.dtype).reshape(grid)).long()
-        dom = geometry.gather(dominated.to(a.dtype).reshape(grid))
-        neg = a.clamp(max=0)
-        const = const + (neg * (1 - dom) * geometry.gather(upper_max.reshape(grid))).flatten(2).sum(-1)
-        coef = a - neg + neg * dom
-        b, rows, c, ph, pw = a.shape
-        k = self.kernel_size[0] * self.kernel_size[1]
-        cols = torch.zeros(b * rows, c, k, ph * pw, dtype=a.dtype, device=a.device)
-        cols.scatter_(2, best_p.reshape(b * rows, c, 1, ph * pw), coef.reshape(b * rows, c, 1, ph * pw))
-        size = self.patch_size((ph, pw))
-        a = F.fold(cols.reshape(b * rows, c * k, ph * pw), size, self.kernel_size, self.dilation, 0, self.stride)
-        geometry = geometry.through_conv(size, self.stride, self.padding)
-        return a.reshape(b, rows, c, *size), const, geometry
+        return pooled_patch_rows(self, maxpool_windows(self, lower, upper), a, const, geometry, None)
+
+    def patch_absorbs_elementwise(self) -> bool:  # noqa: D102
+        return self._tiles()  # each input receives at most one window's coefficient
+
+    def patch_backward_after(  # noqa: D102
+        self,
+        a: torch.Tensor,
+        const: torch.Tensor,
+        geometry: PatchGeometry,
+        lower: torch.Tensor,
+        upper: torch.Tensor,
+        relaxation: Relaxation,
+    ) -> tuple[torch.Tensor, torch.Tensor, PatchGeometry]:
+        return pooled_patch_rows(self, maxpool_windows(self, lower, upper), a, const, geometry, relaxation)
 
     def overlap(self) -> int:
         """Largest number of pooling windows one input belongs to."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from art_jacreg.certify._dtype import Shape
-from art_jacreg.certify.ops.base import PiecewiseOp, Scalar, Tensors, dual_norm, weighted_sum
+from art_jacreg.certify.ops.base import PiecewiseOp, Relaxation, Scalar, Tensors, dual_norm, weighted_sum
 from art_jacreg.certify.ops.patch_geometry import PatchGeometry
 
 __all__ = ["ReLU", "relu_relaxation"]
@@ -69,6 +69,9 @@ class ReLU(PiecewiseOp):
 
     def supports_patches(self) -> bool:  # noqa: D102
         return True
+
+    def elementwise_relaxation(self, lower: torch.Tensor, upper: torch.Tensor) -> Relaxation:  # noqa: D102
+        return relu_relaxation(lower, upper)
 
     def patch_backward(  # noqa: D102
         self, a: torch.Tensor, const: torch.Tensor, geometry: PatchGeometry, lower: torch.Tensor, upper: torch.Tensor
