@@ -107,3 +107,58 @@ def test_no_attack_beats_linear_certificates_of_a_maxpool_cnn():
             assert (logits.argmax(1) == ps).all(), "a certified prediction changed"
             assert (logits >= lower - tol).all() and (logits <= upper + tol).all()
             assert F.cross_entropy(logits, ys, reduction="none").isfinite().all()
+
+
+def test_maxpool_names_the_inputs_that_can_be_the_maximum_of_their_window():
+    pool = MaxPool2d((1, 4, 4), (2, 2), (2, 2), (0, 0), (1, 1))
+    lo = torch.tensor([[0.0, 1.0, 5.0, 0.0], [0.5, 2.0, 1.0, 1.0], [0.0, 0.0, 3.0, 3.0], [0.0, 0.0, 3.0, 3.0]])
+    hi = lo + torch.tensor([[0.5, 0.5, 0.1, 4.0], [0.1, 0.1, 0.1, 0.1], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    expected = torch.tensor(
+        [
+            [False, False, True, False],  # window 1: only [2, 2.1] reaches its largest lower bound 2; window 2:
+            [False, True, False, False],  # only [5, 5.1] (the others' upper bounds stay below 5)
+            [True, True, True, True],  # window 3: four ties at 0; window 4: [3, 4] and three 3's
+            [True, True, True, True],
+        ]
+    )
+    assert torch.equal(pool.units_to_tighten(lo[None, None].double(), hi[None, None].double())[0, 0], expected)
+
+
+def test_linear_bounds_of_a_sample_do_not_depend_on_its_batch():
+    # Each sample bounds its own units (no padding with other units up to the longest list of the batch), so the
+    # bounds of a digit are those it gets alone, to rounding.
+    from art_jacreg.certify.intervals import linear_bounds
+
+    net = build_network(_train(mnist_maxpool_cnn(seed=0), n_train=300), (1, 28, 28), (MEAN, STD))
+    x, _ = eval_points(4, offset=40)
+    eps = torch.tensor([0.3, 0.05, 0.6, 0.15], dtype=torch.float64)  # very different numbers of unstable units
+    together = linear_bounds(net, input_set(x.double(), eps, 2.0, CLIP))
+    for i in range(4):
+        alone = linear_bounds(net, input_set(x[i : i + 1].double(), eps[i : i + 1], 2.0, CLIP))
+        for t, u in zip(together.lower + together.upper, alone.lower + alone.upper, strict=True):
+            torch.testing.assert_close(t[i : i + 1], u, rtol=1e-9, atol=1e-9)
+
+
+def test_bounding_the_possible_maxima_is_as_tight_as_bounding_every_unit():
+    # A ReLU followed by a MaxPool: CROWN bounds the unstable units and the units that can be the maximum of their
+    # window; bounding every unit of the layer gives the same bounds from the pooling on (and the same radii).
+    import art_jacreg.certify.intervals as intervals
+
+    net = build_network(_train(mnist_maxpool_cnn(seed=0), n_train=300), (1, 28, 28), (MEAN, STD))
+    x, _ = eval_points(3, offset=70)
+    s = input_set(x.double(), torch.tensor([0.05, 0.1, 0.2], dtype=torch.float64), 2.0, CLIP)
+    named = intervals.linear_bounds(net, s)
+    every = intervals._units_to_tighten
+    try:
+        intervals._units_to_tighten = lambda net, end, lo, hi: torch.ones_like(lo, dtype=torch.bool)
+        full = intervals.linear_bounds(net, s)
+    finally:
+        intervals._units_to_tighten = every
+    relu_input = next(i for i, op in enumerate(net.ops) if i > 4 and not op.affine)  # the second ReLU
+    unstable = intervals.interval_bounds(net, s)
+    extra = every(net, relu_input, named.lower[relu_input], named.upper[relu_input])
+    only = (unstable.lower[relu_input] < 0) & (unstable.upper[relu_input] > 0)
+    assert bool((extra & ~only).any())  # the pooling adds units beyond the unstable ones
+    for i in range(relu_input + 2, len(net.ops) + 1):  # from the pooling on: the same bounds
+        torch.testing.assert_close(named.lower[i], full.lower[i], rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(named.upper[i], full.upper[i], rtol=1e-9, atol=1e-9)

@@ -215,7 +215,7 @@ def margin_excess(
         ibp = interval_bounds(net, sub)
         _run_families(net, pairs, ibp, method)
         if method == "linear" and pairs.open().numel() > 0:
-            # CROWN on the same batch as margin_lower (its padding rows make bounds depend on the batch)
+            # CROWN's bounds of a sample do not depend on its batch (intervals._crown_layer): the same as margin_lower's
             _run_families(net, pairs, linear_bounds(net, sub, ibp, logits=False), method)
         low[pairs.samples, pairs.which] = pairs.best[:, 0]
     return (low - thr).amin(dim=1)

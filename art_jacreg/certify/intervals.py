@@ -25,7 +25,7 @@ differentiable in the weights (IBP and CROWN-IBP margins).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -166,36 +166,66 @@ def relaxation_starts(net: PiecewiseLinearNetwork, norm: float, method: str) -> 
     return [tail, 0] if tail > 0 else [0]
 
 
+def _units_to_tighten(net: PiecewiseLinearNetwork, end: int, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """The units of ``h_end`` whose tighter bounds can change a relaxation, ``(B, *shape_end)`` bool.
+
+    Those the operation at ``end`` names (:meth:`~.ops.base.Op.units_to_tighten`: a ReLU's unstable units; all for
+    the logits). Where that operation is followed by another relaxed one (a ReLU, then a MaxPool, whose relaxation
+    reads the bounds of every input that can be a window's maximum), also the units that the second one names on its
+    input and that can still be positive. On the max-pool CNN this raised the mean ``"linear"`` l2 radius by 4.5 %
+    over bounding the unstable units alone, exactly as much as bounding every unit, at 60 % of that cost.
+    """
+    if end == len(net.ops):
+        return torch.ones_like(lo, dtype=torch.bool)
+    need = net.ops[end].units_to_tighten(lo, hi)
+    if end + 1 < len(net.ops) and not net.ops[end + 1].affine:
+        need = need | (net.ops[end + 1].units_to_tighten(*net.ops[end].interval(lo, hi)) & (hi > 0))
+    return need
+
+
 def _crown_layer(
     net: PiecewiseLinearNetwork, s: InputSet, bounds: Bounds, end: int, lo: torch.Tensor, hi: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tighten the bounds ``[lo, hi]`` of ``h_end`` with CROWN, shape ``(B, *shape_end)``.
 
-    Only units that matter are bounded: for a ReLU input the ones IBP leaves unstable (each sample its own list,
-    padded to the longest with other units of that sample), otherwise all. Rows are processed in chunks.
+    Only the units :func:`_units_to_tighten` names are bounded, each sample its own list, so a unit's bounds do not
+    depend on the other samples of the batch. Rows are processed in chunks; a chunk takes only the samples that
+    still have units left (a sample with few units is not padded to the longest list of the batch).
     """
     shape = tuple(lo.shape[1:])
     b, n = lo.shape[0], math.prod(shape)
     lo, hi = lo.reshape(b, n).clone(), hi.reshape(b, n).clone()
-    need = net.ops[end].units_to_tighten(lo, hi) if end < len(net.ops) else torch.ones_like(lo, dtype=torch.bool)
-    n_rows = int(need.sum(1).max())
+    need = _units_to_tighten(net, end, lo.reshape(b, *shape), hi.reshape(b, *shape)).reshape(b, n)
+    counts = need.sum(1)
+    n_rows = int(counts.max())
     if n_rows == 0:
         return lo.reshape(b, *shape), hi.reshape(b, *shape)
     order = torch.argsort(need.to(torch.int8), dim=1, descending=True, stable=True)[:, :n_rows]
     patches = patch_supported(net, end)
     widest = patch_elements(net, end) if patches else max(math.prod(op.in_shape) for op in net.ops[:end])
-    chunk = max(1, min(n_rows, _CHUNK_ELEMENTS // max(1, b * widest * 2)))
-    for first in range(0, n_rows, chunk):
-        idx = order[:, first : first + chunk]
+    live, sub_s, sub = torch.arange(b), s, bounds
+    first = 0
+    while first < n_rows:
+        still = torch.nonzero(counts > first).flatten()
+        if still.numel() < live.numel():  # some samples are done: continue with the others only
+            live, sub_s = still, replace(s, centres=None).subset(still)
+            sub = Bounds([t[still] for t in bounds.lower[:end]], [t[still] for t in bounds.upper[:end]])
+        nb = live.numel()
+        chunk = max(1, min(n_rows - first, _CHUNK_ELEMENTS // max(1, nb * widest * 2)))
+        idx = order[live, first : first + chunk]
         m = idx.shape[1]
         if patches:
-            low = patch_lower(net, s, bounds.lower, bounds.upper, end, idx)
+            low = patch_lower(net, sub_s, sub.lower, sub.upper, end, idx)
         else:
-            a = torch.zeros(b, m, n, dtype=lo.dtype).scatter_(2, idx[:, :, None], 1.0)
-            a = torch.cat([a, -a], dim=1).reshape(b, 2 * m, *shape)
-            low = backward_lower(net, s, bounds, a, end)
-        lo.scatter_(1, idx, torch.maximum(lo.gather(1, idx), low[:, :m]))
-        hi.scatter_(1, idx, torch.minimum(hi.gather(1, idx), -low[:, m:]))
+            a = torch.zeros(nb, m, n, dtype=lo.dtype).scatter_(2, idx[:, :, None], 1.0)
+            a = torch.cat([a, -a], dim=1).reshape(nb, 2 * m, *shape)
+            low = backward_lower(net, sub_s, sub, a, end)
+        # the padding at the end of a sample's list (other units) is dropped: bounds must not depend on the batch
+        lo_live, hi_live, named = lo[live], hi[live], need[live].gather(1, idx)
+        old_lo, old_hi = lo_live.gather(1, idx), hi_live.gather(1, idx)
+        lo[live] = lo_live.scatter_(1, idx, torch.where(named, torch.maximum(old_lo, low[:, :m]), old_lo))
+        hi[live] = hi_live.scatter_(1, idx, torch.where(named, torch.minimum(old_hi, -low[:, m:]), old_hi))
+        first += chunk
     return lo.reshape(b, *shape), hi.reshape(b, *shape)
 
 

@@ -222,6 +222,17 @@ class MaxPool2d(PiecewiseOp):
         rho = lip * (rho + dual_norm(torch.where(dom, 0.0, c), norm))
         return self._route(best, torch.where(dom, c, 0.0)), rho
 
+    def units_to_tighten(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """The inputs whose tighter bounds can change the relaxation or the output's bounds: those that can be the
+        maximum of their window (the others' bounds never reach the window's largest lower bound).
+
+        :param lo: Lower bounds of the input ``(B, C, H, W)``.
+        :param hi: Upper bounds.
+        :return: Bool mask, same shape.
+        """
+        possible = maxpool_windows(self, lo, hi)[1]
+        return self.fold(possible.to(lo.dtype)).reshape(lo.shape) > 0
+
     def supports_patches(self) -> bool:  # noqa: D102
         return True
 
