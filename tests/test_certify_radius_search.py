@@ -74,26 +74,3 @@ def test_plain_bisection_mode_closes_the_bracket_and_stays_certified():
                      falsi=False)  # fmt: skip
     assert bool((radius < ROOTS).all()) and bool((radius >= ROOTS / (1 + RADIUS_RTOL)).all())
     assert [round(float(e[0] / ROOTS[int(i[0])]), 4) for i, e, _ in log[:2]] == [0.3667, 1.4667]  # x1.1, then x4
-
-
-def test_chord_mode_starts_from_a_radius_of_unknown_excess():
-    # "linear" starts from the interval radius, whose CROWN excess is unknown: the first step after the failed x1.1
-    # trial aims just below the root of the line through (0, excess0), which closes the bracket in two more steps on
-    # a straight excess curve, where false position from an unknown (zero) excess creeps up from the start.
-    start = ROOTS / 1.05
-    counts = {}
-    for chord in (False, True):
-        excess, log = _curve("linear")
-        radius = _search(excess, start.clone(), torch.full_like(ROOTS, math.inf), torch.ones_like(ROOTS), 5,
-                         chord=chord)  # fmt: skip
-        assert bool((radius < ROOTS).all())
-        counts[chord] = len(log)
-        if chord:
-            assert bool((radius >= ROOTS / (1 + RADIUS_RTOL)).all()), radius / ROOTS
-            assert len(log) == 3, len(log)  # x1.1 (fails), the line's root / (1 + rtol/3) (holds), then closed
-    assert counts[True] < counts[False], counts
-    for kind in ("concave", "pessimistic"):  # curved or understated excess: still within budget, still certified
-        excess, log = _curve(kind)
-        radius = _search(excess, start.clone(), torch.full_like(ROOTS, math.inf), torch.ones_like(ROOTS), 5,
-                         chord=True)  # fmt: skip
-        assert bool((radius < ROOTS).all()) and bool((radius >= start).all())

@@ -65,11 +65,9 @@ def certified_radius(
     diameter is reached). Then shrink the bracket by false position (Illinois rule) on the margin excess, with a
     geometric bisection step whenever two steps in a row did not halve the bracket, until it is within a relative
     :data:`RADIUS_RTOL` or after ``2 * n_bisect`` steps, re-evaluating only the samples still in play (1.5 to 2.5
-    times faster than plain bisection). ``"linear"``: the same search from the interval radius (``"linear"``
-    certifies wherever ``"interval"`` does), with at most ``max(3, n_bisect // 2)`` steps after bracketing, since
-    each CROWN evaluation is expensive; as its excess at the interval radius is unknown, its first step aims just
-    below the root of the line through the excess at 0 and at the failed trial (on the MNIST CNNs that excess is
-    close to linear in the radius). Only radii at which the certificate
+    times faster than plain bisection). ``"linear"``: from the interval radius (``"linear"`` certifies wherever
+    ``"interval"`` does), try 1.1 times it, grow by factors of 4, then bisect geometrically at most
+    ``max(3, n_bisect // 2)`` times, since each CROWN evaluation is expensive. Only radii at which the certificate
     was evaluated and held are returned. The result is a lower bound of the method's exact limit, within
     :data:`RADIUS_RTOL` of it once the bracket closed, and ``0`` where nothing is certified (e.g. ``labels`` is not
     the prediction).
@@ -121,7 +119,7 @@ def certified_radius(
     excess0 = (margins - slack[:, None]).amin(dim=1)  # the excess at eps = 0
     if method == "interval":
         return _search(excess, lo, cap, excess0, 2 * n_bisect, falsi=True)
-    return _search(excess, lo, cap, excess0, max(3, n_bisect // 2), chord=True)  # CROWN steps are expensive
+    return _search(excess, lo, cap, excess0, max(3, n_bisect // 2), falsi=False)  # CROWN steps are expensive
 
 
 def _search(
@@ -131,7 +129,6 @@ def _search(
     excess0: torch.Tensor,
     steps: int,
     falsi: bool = True,
-    chord: bool = False,
 ) -> torch.Tensor:
     """The largest radius the certificate holds at, from a certified ``lo`` (per sample, vectorised).
 
@@ -141,14 +138,11 @@ def _search(
     reached. Then shrink the bracket ``[lo, hi]`` by false position with the Illinois rule (aiming a third of the
     tolerance past the estimate, so that a good estimate closes the bracket from both sides), and by a geometric
     bisection step whenever two steps in a row did not halve the bracket's ratio, until ``hi <= lo * (1 + RADIUS_RTOL)``
-    or after ``steps`` evaluations. ``falsi=False``: grow by factors of 4 and bisect geometrically only.
-    ``chord=True``: while the excess at ``lo`` is unknown (no trial has been certified yet: ``lo`` came from another
-    method), aim a third of the tolerance below the root of the line through ``(0, excess0)`` and ``(hi, f_hi)``
-    instead of false position, which would need that excess. Only certified radii are ever returned; the search only
-    decides which to try.
+    or after ``steps`` evaluations. ``falsi=False``: grow by factors of 4 and bisect geometrically only (for
+    few, expensive steps, where the false position's extra steps do not pay). Only certified radii are ever
+    returned; the search only decides which to try.
     """
     f_lo = torch.zeros_like(lo)
-    measured = torch.zeros(lo.shape, dtype=torch.bool)  # whether f_lo is a value of the excess (else unknown)
     hi = torch.full_like(lo, math.inf)
     f_hi = torch.zeros_like(lo)
     for round_index in range(32):  # bracket: grow until certification fails or the cap is reached
@@ -166,7 +160,7 @@ def _search(
         trial = torch.minimum(trial, cap[idx])
         value = excess(idx, trial)
         ok = value > 0
-        lo[idx[ok]], f_lo[idx[ok]], measured[idx[ok]] = trial[ok], value[ok], True
+        lo[idx[ok]], f_lo[idx[ok]] = trial[ok], value[ok]
         hi[idx[~ok]], f_hi[idx[~ok]] = trial[~ok], value[~ok]
     kept = torch.zeros(lo.shape, dtype=torch.int64)  # +k: lo kept k times in a row; -k: hi kept k times
     stall = torch.zeros(lo.shape, dtype=torch.int64)  # steps in a row that did not halve the bracket
@@ -178,15 +172,10 @@ def _search(
         trial = torch.sqrt(a * b)  # geometric bisection, also after two steps in a row that did not halve
         if falsi:
             trial = torch.where(stall[idx] >= 2, trial, _false_position(a, b, f_lo[idx], f_hi[idx], kept[idx]))
-        if chord:  # the excess at lo is unknown: a third of the tolerance below the root of the line through
-            # (0, excess0) and (hi, f_hi), so that an accurate line gives a certified radius close to the limit
-            inner = (b / a) ** 0.01
-            line = b * excess0[idx] / (excess0[idx] - f_hi[idx]).clamp(min=1e-300) / (1 + RADIUS_RTOL / 3)
-            trial = torch.where(measured[idx] | (stall[idx] >= 2), trial, line.clamp(min=a * inner, max=b / inner))
         value = excess(idx, trial)
         ok = value > 0
         ratio_before = torch.log(b / a)
-        lo[idx[ok]], f_lo[idx[ok]], measured[idx[ok]] = trial[ok], value[ok], True
+        lo[idx[ok]], f_lo[idx[ok]] = trial[ok], value[ok]
         hi[idx[~ok]], f_hi[idx[~ok]] = trial[~ok], value[~ok]
         run = kept[idx]
         kept[idx] = torch.where(ok, torch.where(run < 0, run - 1, -1), torch.where(run > 0, run + 1, 1))
