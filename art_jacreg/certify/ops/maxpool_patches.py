@@ -4,22 +4,37 @@ relaxation of the operation before it (a ReLU) folded in where the pooling windo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from art_jacreg.certify._dtype import Shape
 from art_jacreg.certify.ops.base import Relaxation
-from art_jacreg.certify.ops.patch_geometry import PatchGeometry
-
-if TYPE_CHECKING:
-    from art_jacreg.certify.ops.maxpool import MaxPool2d
+from art_jacreg.certify.ops.patch_geometry import Pair, PatchGeometry
 
 __all__ = ["pooled_patch_rows"]
 
 
+class _Pooling(Protocol):
+    """What the rule reads of :class:`~art_jacreg.certify.ops.maxpool.MaxPool2d` (which imports this module)."""
+
+    in_shape: Shape
+    out_shape: Shape
+    kernel_size: Pair
+    stride: Pair
+    padding: Pair
+    dilation: Pair
+
+    def _tiles(self) -> bool: ...
+
+    def _tile(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def patch_size(self, size: Pair) -> Pair: ...
+
+
 def pooled_patch_rows(
-    op: MaxPool2d,
+    op: _Pooling,
     windows: tuple[torch.Tensor, ...],
     a: torch.Tensor,
     const: torch.Tensor,
@@ -78,7 +93,7 @@ def pooled_patch_rows(
     return a.reshape(b, rows, c, *size), const, geometry
 
 
-def _at_best(op: MaxPool2d, t: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+def _at_best(op: _Pooling, t: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
     """Tiling windows only: ``t`` ``(B, C, H, W)`` taken at the input ``best`` ``(B, C, L)`` of each window."""
     (kh, kw), (_, ho, wo) = op.kernel_size, op.out_shape
     windows = op._tile(t).permute(0, 1, 2, 4, 3, 5).reshape(*t.shape[:2], ho * wo, kh * kw)
