@@ -82,7 +82,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--speed", action="store_true", help="print only the speed table (issue 13 targets)")
     parser.add_argument("--interval-points", type=int, default=200, help="--speed: digits for 'interval'")
-    parser.add_argument("--jobs-points", type=int, default=100, help="--speed: digits for the n_jobs comparison")
+    parser.add_argument(
+        "--jobs-points",
+        type=int,
+        default=1000,
+        help="--speed: digits for the n_jobs comparison (on fewer, starting the worker processes dominates)",
+    )
     return parser.parse_args()
 
 
