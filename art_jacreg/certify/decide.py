@@ -39,9 +39,9 @@ def subset_bounds(bounds: Bounds, idx: torch.Tensor, stop: int | None = None) ->
     :param bounds: Bounds on a batch.
     :param idx: int64 indices into the batch.
     :param stop: Keep only the boundaries ``0 .. stop - 1`` (``None``: all), for a pass that never reads the others.
-    :return: A new :class:`~art_jacreg.certify.intervals.Bounds`.
+    :return: A new :class:`~art_jacreg.certify.intervals.Bounds` (:meth:`~art_jacreg.certify.intervals.Bounds.subset`).
     """
-    return Bounds([t[idx] for t in bounds.lower[:stop]], [t[idx] for t in bounds.upper[:stop]])
+    return bounds.subset(idx, stop)
 
 
 class _Pairs:

@@ -58,6 +58,16 @@ class Bounds:
     upper: list[torch.Tensor]
     centre: list[torch.Tensor] | None = None
 
+    def subset(self, idx: torch.Tensor, stop: int | None = None) -> Bounds:
+        """The bounds of the batch entries ``idx`` (without the centres).
+
+        :param idx: int64 indices into the batch.
+        :param stop: Keep only the boundaries ``0 .. stop - 1`` (``None``: all), for a pass that never reads the
+            others.
+        :return: New bounds.
+        """
+        return Bounds([t[idx] for t in self.lower[:stop]], [t[idx] for t in self.upper[:stop]])
+
 
 def _ibp_step(op: Op, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Interval image of ``[lo, hi]`` under one operation (its own rule, :meth:`~.ops.base.Op.interval`)."""
@@ -210,7 +220,7 @@ def _crown_layer(
         still = torch.nonzero(counts > first).flatten()
         if still.numel() < live.numel():  # some samples are done: continue with the others only
             live, sub_s = still, replace(s, centres=None).subset(still)
-            sub = Bounds([t[still] for t in bounds.lower[:end]], [t[still] for t in bounds.upper[:end]])
+            sub = bounds.subset(still, end)
         nb = live.numel()
         chunk = max(1, min(n_rows - first, _CHUNK_ELEMENTS // max(1, nb * widest * 2)))
         idx = order[live, first : first + chunk]
