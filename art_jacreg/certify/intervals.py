@@ -231,11 +231,13 @@ def _crown_layer(
             a = torch.zeros(nb, m, n, dtype=lo.dtype).scatter_(2, idx[:, :, None], 1.0)
             a = torch.cat([a, -a], dim=1).reshape(nb, 2 * m, *shape)
             low = backward_lower(net, sub_s, sub, a, end)
-        # the padding at the end of a sample's list (other units) is dropped: bounds must not depend on the batch
-        lo_live, hi_live, named = lo[live], hi[live], need[live].gather(1, idx)
-        old_lo, old_hi = lo_live.gather(1, idx), hi_live.gather(1, idx)
-        lo[live] = lo_live.scatter_(1, idx, torch.where(named, torch.maximum(old_lo, low[:, :m]), old_lo))
-        hi[live] = hi_live.scatter_(1, idx, torch.where(named, torch.minimum(old_hi, -low[:, m:]), old_hi))
+        # only the named units are written: the padding at the end of a sample's list (other units) is dropped, so
+        # that bounds do not depend on the batch
+        flat = (live[:, None] * n + idx).flatten()
+        named = need.view(-1)[flat]
+        flat, up = flat[named], -low[:, m:].flatten()[named]
+        lo.view(-1)[flat] = torch.maximum(lo.view(-1)[flat], low[:, :m].flatten()[named])
+        hi.view(-1)[flat] = torch.minimum(hi.view(-1)[flat], up)
         first += chunk
     return lo.reshape(b, *shape), hi.reshape(b, *shape)
 
