@@ -33,9 +33,10 @@ from art_jacreg.certify.decide import margin_excess
 from art_jacreg.certify.lipschitz import row_lipschitz
 from art_jacreg.certify.network import PiecewiseLinearNetwork
 
-__all__ = ["certified_radius", "RADIUS_RTOL"]
+__all__ = ["certified_radius", "RADIUS_RTOL", "LINEAR_RADIUS_RTOL"]
 
-RADIUS_RTOL = 5e-3  # bisection stops once the bracket is this tight (relative)
+RADIUS_RTOL = 5e-3  # the search stops once the bracket is this tight (relative)
+LINEAR_RADIUS_RTOL = 1e-2  # the same for "linear", whose every evaluation runs CROWN
 
 
 def _box_diameter(s: InputSet, clip_values: Any, norm: float) -> torch.Tensor:
@@ -66,11 +67,13 @@ def certified_radius(
     geometric bisection step whenever two steps in a row did not halve the bracket, until it is within a relative
     :data:`RADIUS_RTOL` or after ``2 * n_bisect`` steps, re-evaluating only the samples still in play (1.5 to 2.5
     times faster than plain bisection). ``"linear"``: from the interval radius (``"linear"`` certifies wherever
-    ``"interval"`` does), try 1.1 times it, grow by factors of 4, then bisect geometrically at most
-    ``max(3, n_bisect // 2)`` times, since each CROWN evaluation is expensive. Only radii at which the certificate
-    was evaluated and held are returned. The result is a lower bound of the method's exact limit, within
-    :data:`RADIUS_RTOL` of it once the bracket closed, and ``0`` where nothing is certified (e.g. ``labels`` is not
-    the prediction).
+    ``"interval"`` does), try 1.05 times it, then 0.8 times the root of that line (at least 1.1 times, at most 4 times
+    further), then shrink the bracket by false position with the Anderson-Bjorck rule to a relative
+    :data:`LINEAR_RADIUS_RTOL`, at most ``max(3, n_bisect // 2)`` steps, since each CROWN evaluation is expensive.
+    Every ``"linear"`` evaluation computes the method's own margin bound (:func:`margin_lower`, no early stopping),
+    which false position needs on the certified side too. Only radii at which the certificate was evaluated and held
+    are returned. The result is a lower bound of the method's exact limit, within the tolerance of it once the
+    bracket closed, and ``0`` where nothing is certified (e.g. ``labels`` is not the prediction).
 
     :param net: The network.
     :param x: Raw inputs ``(B, *input_shape)``.
@@ -80,7 +83,7 @@ def certified_radius(
     :param method: ``"lipschitz"``, ``"interval"`` or ``"linear"``.
     :param max_radius: Largest radius searched (default: the clip box's diameter, unbounded without a box).
     :param n_bisect: Search budget after bracketing: at most ``2 * n_bisect`` steps for ``"interval"``,
-        ``max(3, n_bisect // 2)`` bisection steps for ``"linear"``.
+        ``max(3, n_bisect // 2)`` for ``"linear"``.
     :return: float64 tensor ``(B,)`` of radii in raw input units.
     :raises ValueError: On invalid arguments.
     """
@@ -111,6 +114,8 @@ def certified_radius(
 
     def excess(idx: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         sub = replace(input_set(s.x[idx], eps, s.norm, clip_values), centres=[t[idx] for t in centres])
+        if method == "linear":  # the method's own value, also where certified: what false position needs
+            return (margin_lower(net, sub, labels[idx], method, logits[idx]) - slack[idx, None]).amin(dim=1)
         return margin_excess(net, sub, labels[idx], method, logits[idx], slack[idx])
 
     if method == "linear":  # "linear" certifies wherever "interval" does: start from the interval radius
@@ -118,8 +123,9 @@ def certified_radius(
         lo = torch.maximum(lo, r_int)
     excess0 = (margins - slack[:, None]).amin(dim=1)  # the excess at eps = 0
     if method == "interval":
-        return _search(excess, lo, cap, excess0, 2 * n_bisect, falsi=True)
-    return _search(excess, lo, cap, excess0, max(3, n_bisect // 2), falsi=False)  # CROWN steps are expensive
+        return _search(excess, lo, cap, excess0, 2 * n_bisect)
+    steps = max(3, n_bisect // 2)  # CROWN steps are expensive
+    return _search(excess, lo, cap, excess0, steps, "anderson-bjorck", LINEAR_RADIUS_RTOL)
 
 
 def _search(
@@ -128,50 +134,41 @@ def _search(
     cap: torch.Tensor,
     excess0: torch.Tensor,
     steps: int,
-    falsi: bool = True,
+    rule: str = "illinois",
+    rtol: float = RADIUS_RTOL,
 ) -> torch.Tensor:
     """The largest radius the certificate holds at, from a certified ``lo`` (per sample, vectorised).
 
-    ``excess(idx, eps)`` is positive exactly where the samples ``idx`` are certified at ``eps`` (and its value a lower
-    bound of how far they are from failing). Bracket: ask ``1.1 * lo``, then the root of the line through
-    ``(0, excess0)`` and the last certified point (at most 4 times further), until certification fails or ``cap`` is
-    reached. Then shrink the bracket ``[lo, hi]`` by false position with the Illinois rule (aiming a third of the
-    tolerance past the estimate, so that a good estimate closes the bracket from both sides), and by a geometric
-    bisection step whenever two steps in a row did not halve the bracket's ratio, until ``hi <= lo * (1 + RADIUS_RTOL)``
-    or after ``steps`` evaluations. ``falsi=False``: grow by factors of 4 and bisect geometrically only (for
-    few, expensive steps, where the false position's extra steps do not pay). Only certified radii are ever
-    returned; the search only decides which to try.
+    ``excess(idx, eps)`` is positive exactly where the samples ``idx`` are certified at ``eps``. Bracket
+    (:func:`_bracket`), then shrink the bracket ``[lo, hi]`` until ``hi <= lo * (1 + rtol)`` or after ``steps``
+    evaluations, by false position with one of two rules:
+
+    * ``"illinois"``: for an excess whose positive values may be only lower bounds (the early-stopping decision).
+      The Illinois rule (:func:`_false_position`), and a geometric bisection step whenever two steps in a row did
+      not halve the bracket's ratio.
+    * ``"anderson-bjorck"``: for an excess that is the method's own value on both sides (fewer, more expensive
+      evaluations: ``"linear"``). Where the excess at ``lo`` is unknown (the starting radius), it is estimated by
+      the chord from ``(0, excess0)`` to the failed end. The end that stays has its excess scaled by
+      ``m = 1 - f_new / f_replaced`` (``0.5`` if ``m <= 0``), which follows a curved excess better than halving;
+      a geometric bisection step after three steps in a row that did not halve the bracket.
+
+    Only certified radii are ever returned; the search only decides which to try.
     """
-    f_lo = torch.zeros_like(lo)
-    hi = torch.full_like(lo, math.inf)
-    f_hi = torch.zeros_like(lo)
-    for round_index in range(32):  # bracket: grow until certification fails or the cap is reached
-        idx = torch.nonzero((lo > 0) & (lo < cap) & torch.isinf(hi)).flatten()
-        if idx.numel() == 0:
-            break
-        if round_index == 0 or not falsi:
-            # first ask whether the method beats the current radius at all, then grow by 4 (plain bisection)
-            trial = lo[idx] * (1.1 if round_index == 0 else 4.0)
-        else:  # the line's root, a little beyond it; at least doubling after the first guess
-            drop = (excess0[idx] - f_lo[idx]).clamp(min=0)
-            line = torch.where(drop > 0, lo[idx] * excess0[idx] / drop, lo[idx] * 4.0)
-            least = 1.1 if round_index == 1 else 2.0
-            trial = torch.minimum(torch.maximum(line * 1.25, lo[idx] * least), lo[idx] * 4.0)
-        trial = torch.minimum(trial, cap[idx])
-        value = excess(idx, trial)
-        ok = value > 0
-        lo[idx[ok]], f_lo[idx[ok]] = trial[ok], value[ok]
-        hi[idx[~ok]], f_hi[idx[~ok]] = trial[~ok], value[~ok]
+    linear = rule == "anderson-bjorck"
+    f_lo = torch.full_like(lo, math.nan if linear else 0.0)
+    hi, f_hi = _bracket(excess, lo, cap, excess0, f_lo, (1.05, 0.8, 1.1) if linear else (1.1, 1.25, 2.0))
+    if linear:
+        return _refine_anderson_bjorck(excess, lo, hi, f_lo, f_hi, excess0, steps, rtol)
     kept = torch.zeros(lo.shape, dtype=torch.int64)  # +k: lo kept k times in a row; -k: hi kept k times
     stall = torch.zeros(lo.shape, dtype=torch.int64)  # steps in a row that did not halve the bracket
     for _ in range(steps):
-        idx = torch.nonzero((lo > 0) & torch.isfinite(hi) & (hi > lo * (1 + RADIUS_RTOL))).flatten()
+        idx = torch.nonzero((lo > 0) & torch.isfinite(hi) & (hi > lo * (1 + rtol))).flatten()
         if idx.numel() == 0:
             break
         a, b = lo[idx], hi[idx]
-        trial = torch.sqrt(a * b)  # geometric bisection, also after two steps in a row that did not halve
-        if falsi:
-            trial = torch.where(stall[idx] >= 2, trial, _false_position(a, b, f_lo[idx], f_hi[idx], kept[idx]))
+        trial = torch.where(
+            stall[idx] >= 2, torch.sqrt(a * b), _false_position(a, b, f_lo[idx], f_hi[idx], kept[idx], rtol)
+        )
         value = excess(idx, trial)
         ok = value > 0
         ratio_before = torch.log(b / a)
@@ -184,21 +181,99 @@ def _search(
     return lo
 
 
+def _bracket(
+    excess: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    lo: torch.Tensor,
+    cap: torch.Tensor,
+    excess0: torch.Tensor,
+    f_lo: torch.Tensor,
+    growth: tuple[float, float, float],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grow the certified ``lo`` until certification fails or ``cap`` is reached (``lo``, ``f_lo`` updated in place).
+
+    ``growth = (first, overshoot, least)``: first ask ``first * lo``, then ``overshoot`` times the root of the line
+    through ``(0, excess0)`` and the last certified point (at least ``1.1 * lo`` in the second round, ``least * lo``
+    later; at most ``4 * lo``).
+
+    :return: ``(hi, f_hi)``: the failed radius and its excess (``inf`` where none failed).
+    """
+    first, overshoot, least = growth
+    hi = torch.full_like(lo, math.inf)
+    f_hi = torch.zeros_like(lo)
+    for round_index in range(32):
+        idx = torch.nonzero((lo > 0) & (lo < cap) & torch.isinf(hi)).flatten()
+        if idx.numel() == 0:
+            break
+        if round_index == 0:  # first ask whether the method beats the current radius at all
+            trial = lo[idx] * first
+        else:
+            drop = (excess0[idx] - f_lo[idx]).clamp(min=0)
+            line = torch.where(drop > 0, lo[idx] * excess0[idx] / drop, lo[idx] * 4.0)
+            at_least = lo[idx] * (1.1 if round_index == 1 else least)
+            trial = torch.minimum(torch.maximum(line * overshoot, at_least), lo[idx] * 4.0)
+        trial = torch.minimum(trial, cap[idx])
+        value = excess(idx, trial)
+        ok = value > 0
+        lo[idx[ok]], f_lo[idx[ok]] = trial[ok], value[ok]
+        hi[idx[~ok]], f_hi[idx[~ok]] = trial[~ok], value[~ok]
+    return hi, f_hi
+
+
+def _refine_anderson_bjorck(
+    excess: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    f_lo: torch.Tensor,
+    f_hi: torch.Tensor,
+    excess0: torch.Tensor,
+    steps: int,
+    rtol: float,
+) -> torch.Tensor:
+    """The ``"anderson-bjorck"`` rule of :func:`_search` on the brackets ``[lo, hi]`` (``lo`` updated in place)."""
+    g_lo, g_hi = f_lo.clone(), f_hi.clone()  # the values false position uses (scaled by the rule)
+    moved = torch.zeros(lo.shape, dtype=torch.int64)  # +1: lo moved last, -1: hi moved last
+    stall = torch.zeros(lo.shape, dtype=torch.int64)  # steps in a row that did not halve the bracket
+    for _ in range(steps):
+        idx = torch.nonzero((lo > 0) & torch.isfinite(hi) & (hi > lo * (1 + rtol))).flatten()
+        if idx.numel() == 0:
+            break
+        a, b, fb = lo[idx], hi[idx], g_hi[idx]
+        fa = torch.where(torch.isnan(g_lo[idx]), excess0[idx] + (f_hi[idx] - excess0[idx]) * a / b, g_lo[idx])
+        estimate = a + (b - a) * (fa / (fa - fb).clamp(min=1e-300)).clamp(0, 1)
+        estimate = torch.where(torch.isfinite(estimate), estimate, torch.sqrt(a * b))
+        up = 1 + rtol / 4  # aim a little past the estimate, towards the end that did not move last
+        estimate = estimate * torch.where(moved[idx] > 0, up, torch.where(moved[idx] < 0, 1 / up, 1.0))
+        inner = (b / a) ** 0.01
+        trial = torch.where(stall[idx] >= 3, torch.sqrt(a * b), estimate.clamp(min=a * inner, max=b / inner))
+        value = excess(idx, trial)
+        ok = value > 0
+        m = 1 - value / torch.where(ok, f_lo[idx], f_hi[idx])  # the replaced end's own excess
+        m = torch.where(torch.isfinite(m) & (m > 0), m, torch.full_like(m, 0.5))
+        g_hi[idx] = torch.where(ok, g_hi[idx] * m, value)
+        g_lo[idx] = torch.where(ok, value, g_lo[idx] * m)
+        ratio_before = torch.log(b / a)
+        lo[idx[ok]], f_lo[idx[ok]] = trial[ok], value[ok]
+        hi[idx[~ok]], f_hi[idx[~ok]] = trial[~ok], value[~ok]
+        moved[idx] = torch.where(ok, 1, -1)
+        stall[idx] = torch.where(torch.log(hi[idx] / lo[idx]) <= 0.5 * ratio_before, 0, stall[idx] + 1)
+    return lo
+
+
 def _false_position(
-    a: torch.Tensor, b: torch.Tensor, f_a: torch.Tensor, f_b: torch.Tensor, kept: torch.Tensor
+    a: torch.Tensor, b: torch.Tensor, f_a: torch.Tensor, f_b: torch.Tensor, kept: torch.Tensor, rtol: float
 ) -> torch.Tensor:
     """The next radius to try inside each bracket ``[a, b]`` (excess ``f_a > 0`` at ``a``, ``f_b <= 0`` at ``b``).
 
     False position, with the Illinois rule: an end kept ``k >= 2`` steps in a row has its excess halved ``k - 1``
-    times (``kept``: ``+k`` for ``a``, ``-k`` for ``b``). The estimate is then moved a third of
-    :data:`RADIUS_RTOL` towards the end that has not moved lately, so that an accurate estimate closes the bracket
+    times (``kept``: ``+k`` for ``a``, ``-k`` for ``b``). The estimate is then moved a third of ``rtol``
+    (:data:`RADIUS_RTOL`) towards the end that has not moved lately, so that an accurate estimate closes the bracket
     from both sides, and kept strictly inside the bracket.
     """
     fa = torch.where(kept >= 2, f_a / 2 ** (kept - 1), f_a)
     fb = torch.where(kept <= -2, f_b / 2 ** (-kept - 1), f_b)
     estimate = a + (b - a) * (fa / (fa - fb).clamp(min=1e-300)).clamp(0, 1)
     estimate = torch.where(torch.isfinite(estimate), estimate, torch.sqrt(a * b))
-    up = 1 + RADIUS_RTOL / 3
+    up = 1 + rtol / 3
     nudge = torch.where(kept < 0, up, torch.where(kept > 0, 1 / up, 1.0))
     inner = (b / a) ** 0.01
     return (estimate * nudge).clamp(min=a * inner, max=b / inner)
