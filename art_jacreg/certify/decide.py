@@ -161,6 +161,22 @@ def _run_families(net: PiecewiseLinearNetwork, pairs: _Pairs, bounds: Bounds, me
         pairs.offer(base[still], family(still))
 
 
+def _crown_where_open(net: PiecewiseLinearNetwork, pairs: _Pairs, ibp: Bounds) -> Bounds:
+    """CROWN's bounds for the samples of ``pairs.uniq`` that still have an open pair, the interval bounds ``ibp``
+    for the others (the families never read those again).
+
+    CROWN's bounds of a sample do not depend on its batch (:func:`~.intervals.linear_bounds`), so they are those of
+    :func:`~.certificates.margin_lower` (to rounding) without the CROWN passes of the samples already settled.
+    """
+    still = torch.unique(pairs.inverse[pairs.open()])
+    if len(still) == len(pairs.uniq):
+        return linear_bounds(net, pairs.sample_set, ibp, logits=False)
+    crown = linear_bounds(net, pairs.sample_set.subset(still), ibp.subset(still), logits=False)
+    lower = [t.index_copy(0, still, c) for t, c in zip(ibp.lower, crown.lower, strict=True)]
+    upper = [t.index_copy(0, still, c) for t, c in zip(ibp.upper, crown.upper, strict=True)]
+    return Bounds(lower, upper)
+
+
 def margins_certified(
     net: PiecewiseLinearNetwork,
     s: InputSet,
@@ -215,7 +231,6 @@ def margin_excess(
         ibp = interval_bounds(net, sub)
         _run_families(net, pairs, ibp, method)
         if method == "linear" and pairs.open().numel() > 0:
-            # CROWN's bounds of a sample do not depend on its batch (intervals._crown_layer): the same as margin_lower's
-            _run_families(net, pairs, linear_bounds(net, sub, ibp, logits=False), method)
+            _run_families(net, pairs, _crown_where_open(net, pairs, ibp), method)
         low[pairs.samples, pairs.which] = pairs.best[:, 0]
     return (low - thr).amin(dim=1)
