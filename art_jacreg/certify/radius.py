@@ -149,11 +149,14 @@ def _search(
     * ``"anderson-bjorck"``: for an excess that is the method's own value on both sides (fewer, more expensive
       evaluations: ``"linear"``). Where the excess at ``lo`` is unknown (the starting radius), it is estimated by
       the chord from ``(0, excess0)`` to the failed end. The end that stays has its excess scaled by
-      ``m = 1 - f_new / f_replaced`` (``0.5`` if ``m <= 0``), which follows a curved excess better than halving;
-      a geometric bisection step after three steps in a row that did not halve the bracket.
+      ``m = 1 - f_new / f_replaced`` (``0.5`` if ``m <= 0``), which follows a curved excess better than halving.
+      Each estimate is moved a quarter of ``rtol`` towards the end that did not move last, and a geometric bisection
+      step replaces it after three steps in a row that did not halve the bracket.
 
     Only certified radii are ever returned; the search only decides which to try.
     """
+    if rule not in ("illinois", "anderson-bjorck"):
+        raise ValueError(f"`rule` must be 'illinois' or 'anderson-bjorck', got {rule!r}.")
     linear = rule == "anderson-bjorck"
     f_lo = torch.full_like(lo, math.nan if linear else 0.0)
     hi, f_hi = _bracket(excess, lo, cap, excess0, f_lo, (1.05, 0.8, 1.1) if linear else (1.1, 1.25, 2.0))
