@@ -68,7 +68,8 @@ def certified_radius(
     :data:`RADIUS_RTOL` or after ``2 * n_bisect`` steps, re-evaluating only the samples still in play (1.5 to 2.5
     times faster than plain bisection). ``"linear"``: from the interval radius (``"linear"`` certifies wherever
     ``"interval"`` does), try 1.05 times it, then 0.8 times the root of that line (at least 1.1 times, at most 4 times
-    further), then shrink the bracket by false position with the Anderson-Bjorck rule to a relative
+    further), then shrink the bracket by false position with the Anderson-Bjorck rule (or the root of the parabola
+    through the excess at 0 and at both ends, where it lies inside the bracket) to a relative
     :data:`LINEAR_RADIUS_RTOL`, at most ``max(3, n_bisect // 2)`` steps, since each CROWN evaluation is expensive.
     Every ``"linear"`` evaluation computes the method's own margin bound (:func:`margin_lower`, no early stopping),
     which false position needs on the certified side too. Only radii at which the certificate was evaluated and held
