@@ -246,14 +246,10 @@ def _refine_anderson_bjorck(
             break
         a, b, fb = lo[idx], hi[idx], g_hi[idx]
         fa = torch.where(torch.isnan(g_lo[idx]), excess0[idx] + (f_hi[idx] - excess0[idx]) * a / b, g_lo[idx])
-        estimate = a + (b - a) * (fa / (fa - fb).clamp(min=1e-300)).clamp(0, 1)
-        estimate = torch.where(torch.isfinite(estimate), estimate, torch.sqrt(a * b))
         quad = _quadratic_root(excess0[idx], a, f_lo[idx], b, f_hi[idx])  # NaN where f_lo is not known
-        estimate = torch.where((quad > a) & (quad < b), quad, estimate)
-        up = 1 + rtol / 4  # aim a little past the estimate, towards the end that did not move last
-        estimate = estimate * torch.where(moved[idx] > 0, up, torch.where(moved[idx] < 0, 1 / up, 1.0))
-        inner = (b / a) ** 0.01
-        trial = torch.where(stall[idx] >= 3, torch.sqrt(a * b), estimate.clamp(min=a * inner, max=b / inner))
+        estimate = torch.where((quad > a) & (quad < b), quad, _secant_root(a, b, fa, fb))
+        # aim a quarter of the tolerance past the estimate, towards the end that did not move last
+        trial = torch.where(stall[idx] >= 3, torch.sqrt(a * b), _aim(estimate, a, b, moved[idx], rtol / 4))
         value = excess(idx, trial)
         ok = value > 0
         m = 1 - value / torch.where(ok, f_lo[idx], f_hi[idx])  # the replaced end's own excess
@@ -294,9 +290,23 @@ def _false_position(
     """
     fa = torch.where(kept >= 2, f_a / 2 ** (kept - 1), f_a)
     fb = torch.where(kept <= -2, f_b / 2 ** (-kept - 1), f_b)
-    estimate = a + (b - a) * (fa / (fa - fb).clamp(min=1e-300)).clamp(0, 1)
-    estimate = torch.where(torch.isfinite(estimate), estimate, torch.sqrt(a * b))
-    up = 1 + rtol / 3
-    nudge = torch.where(kept < 0, up, torch.where(kept > 0, 1 / up, 1.0))
+    return _aim(_secant_root(a, b, fa, fb), a, b, -kept, rtol / 3)
+
+
+def _secant_root(a: torch.Tensor, b: torch.Tensor, f_a: torch.Tensor, f_b: torch.Tensor) -> torch.Tensor:
+    """The root of the line through ``(a, f_a)`` and ``(b, f_b)``, within ``[a, b]`` (``sqrt(a b)`` where it is not
+    finite).
+    """
+    estimate = a + (b - a) * (f_a / (f_a - f_b).clamp(min=1e-300)).clamp(0, 1)
+    return torch.where(torch.isfinite(estimate), estimate, torch.sqrt(a * b))
+
+
+def _aim(estimate: torch.Tensor, a: torch.Tensor, b: torch.Tensor, toward: torch.Tensor, step: float) -> torch.Tensor:
+    """``estimate`` moved by the factor ``1 + step`` towards ``b`` (``toward > 0``) or ``a`` (``toward < 0``), and
+    kept strictly inside ``[a, b]``; the moves of both false-position rules, so that an accurate estimate closes the
+    bracket from both sides.
+    """
+    up = 1 + step
     inner = (b / a) ** 0.01
-    return (estimate * nudge).clamp(min=a * inner, max=b / inner)
+    nudged = estimate * torch.where(toward > 0, up, torch.where(toward < 0, 1 / up, 1.0))
+    return nudged.clamp(min=a * inner, max=b / inner)
